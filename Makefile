@@ -1,0 +1,44 @@
+# issuelock — `make help` lists the targets.
+SHELL := bash
+.DEFAULT_GOAL := help
+# Cargo builds are cached outside the repository and reused across clones.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/issuelock/target
+
+.PHONY: help
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+.PHONY: demo
+demo: ## Start a throwaway control plane, race workers over issues, show the locks, tear down.
+	bash e2e/demo.sh
+
+.PHONY: test
+test: fmt-check clippy test-unit test-e2e ## Everything CI runs: fmt, clippy, unit and end-to-end tests.
+
+.PHONY: fmt-check
+fmt-check: ## Check formatting.
+	cargo fmt --all -- --check
+
+.PHONY: clippy
+clippy: ## Lint with warnings as errors.
+	cargo clippy --all-targets -- -D warnings
+
+.PHONY: test-unit
+test-unit: ## Unit tests (no cluster needed), including the CRD-in-sync check.
+	cargo test --lib --bins
+
+.PHONY: test-e2e
+test-e2e: ## End-to-end tests on a local control plane (or $$ISSUELOCK_E2E_KUBECONFIG's cluster).
+	bash e2e/run.sh
+
+.PHONY: assets
+assets: ## Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kubectl, helm.
+	bash e2e/assets.sh
+
+.PHONY: crds
+crds: ## Regenerate crds/ from the Rust types.
+	cargo run --quiet -- crd > crds/issuelock.dev_issuelocks.yaml
+
+.PHONY: build
+build: ## Build the issuelock binary.
+	cargo build

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# A throwaway Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver (RBAC, client
+# certificates, service-account tokens) and a kube-controller-manager running only the
+# garbage collector, namespace and service-account controllers.
+#
+#   e2e/controlplane.sh up DIR     start it; writes DIR/kubeconfig and DIR/env
+#   e2e/controlplane.sh down DIR   stop it and delete DIR
+#
+# DIR/env exports KUBECONFIG and puts the matching kubectl and helm on PATH.
+# Everything listens on 127.0.0.1 only; the service range 10.0.0.0/24 is fake.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+log() { printf '[controlplane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+gen_certs() {
+  local d="$1/pki"
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 \
+      -subj "/CN=issuelock-test-ca" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=kube-apiserver" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=issuelock-admin" 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n' > client.ext
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt -days 2 -extfile client.ext 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  )
+}
+
+write_kubeconfig() {
+  local dir="$1" port="$2" b64="base64 -w0"
+  cat > "$dir/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: issuelock-test
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority-data: $($b64 < "$dir/pki/ca.crt")
+users:
+- name: admin
+  user:
+    client-certificate-data: $($b64 < "$dir/pki/admin.crt")
+    client-key-data: $($b64 < "$dir/pki/admin.key")
+contexts:
+- name: issuelock-test
+  context: {cluster: issuelock-test, user: admin, namespace: default}
+current-context: issuelock-test
+KC
+}
+
+wait_ready() {
+  local what="$1" url="$2" dir="$3" tries=240
+  while (( tries-- > 0 )); do
+    if curl -fsS --max-time 2 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key" "$url" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.25
+  done
+  die "$what did not become ready; see $dir/*.log"
+}
+
+up() {
+  local dir="$1"
+  local bin
+  bin="$("$here/assets.sh" | tail -n1)"
+  mkdir -p "$dir"
+  dir="$(cd "$dir" && pwd)"
+  gen_certs "$dir"
+  local etcd_port peer_port api_port
+  etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
+  log "etcd on 127.0.0.1:$etcd_port"
+  "$bin/etcd" --name=issuelock --data-dir="$dir/etcd" --unsafe-no-fsync \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$peer_port" --initial-advertise-peer-urls="http://127.0.0.1:$peer_port" \
+    --initial-cluster="issuelock=http://127.0.0.1:$peer_port" --log-level=warn \
+    >"$dir/etcd.log" 2>&1 &
+  echo $! > "$dir/etcd.pid"
+  log "kube-apiserver on https://127.0.0.1:$api_port"
+  "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --endpoint-reconciler-type=none \
+    --tls-cert-file="$dir/pki/server.crt" --tls-private-key-file="$dir/pki/server.key" \
+    --client-ca-file="$dir/pki/ca.crt" \
+    --service-account-issuer=https://127.0.0.1:"$api_port" \
+    --service-account-key-file="$dir/pki/sa.pub" --service-account-signing-key-file="$dir/pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount \
+    --allow-privileged=false --profiling=false --v=0 \
+    >"$dir/kube-apiserver.log" 2>&1 &
+  echo $! > "$dir/kube-apiserver.pid"
+  write_kubeconfig "$dir" "$api_port"
+  wait_ready kube-apiserver "https://127.0.0.1:$api_port/readyz" "$dir"
+  log "kube-controller-manager (garbage collector, namespace, service accounts)"
+  "$bin/kube-controller-manager" --kubeconfig="$dir/kubeconfig" --leader-elect=false --secure-port=0 \
+    --controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token \
+    --service-account-private-key-file="$dir/pki/sa.key" --root-ca-file="$dir/pki/ca.crt" \
+    --use-service-account-credentials=false --v=0 \
+    >"$dir/kube-controller-manager.log" 2>&1 &
+  echo $! > "$dir/kube-controller-manager.pid"
+  cat > "$dir/env" <<ENV
+export KUBECONFIG="$dir/kubeconfig"
+export PATH="$bin:\$PATH"
+export ISSUELOCK_CONTROLPLANE_DIR="$dir"
+ENV
+  log "ready: source $dir/env (kubectl $("$bin/kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])'))"
+}
+
+down() {
+  local dir="$1" c pid
+  [[ -d "$dir" ]] || return 0
+  for c in kube-controller-manager kube-apiserver etcd; do
+    [[ -f "$dir/$c.pid" ]] || continue
+    pid="$(cat "$dir/$c.pid")"
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  rm -rf "$dir"
+  log "stopped and removed $dir"
+}
+
+case "${1:-}" in
+  up) [[ -n "${2:-}" ]] || die "usage: $0 up DIR"; up "$2" ;;
+  down) [[ -n "${2:-}" ]] || die "usage: $0 down DIR"; down "$2" ;;
+  *) die "usage: $0 up|down DIR" ;;
+esac

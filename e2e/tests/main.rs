@@ -1,0 +1,8 @@
+//! End-to-end tests against a real kube-apiserver and etcd (see `e2e/controlplane.sh`).
+//! Each test works in its own namespace of one shared control plane.
+
+mod support;
+
+mod acquire;
+mod bad_input;
+mod crd;

@@ -1,0 +1,353 @@
+//! The `issuelock` command line: `crd`, `run -- CMD`, `list`.
+
+use crate::crd::{self, IssueLock};
+use crate::error::{Error, classify};
+use crate::heartbeat::HeartbeatConfig;
+use crate::holder::{self, HolderIdentity};
+use crate::lock::{Acquisition, LockClient, LockConfig};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kube::api::{Api, ListParams};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit code of `run` when another holder has the lock.
+pub const EXIT_HELD: u8 = 75;
+/// Exit code of `run` when the lock was lost while the command ran.
+pub const EXIT_LOST: u8 = 76;
+/// Exit code for invalid input (bad key, bad flags, bad configuration).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for every other failure (API server unreachable, CRD missing, RBAC, ...).
+pub const EXIT_FAILURE: u8 = 1;
+
+/// One distributed lock per work item, on the Kubernetes API.
+#[derive(Parser, Debug)]
+#[command(name = "issuelock", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "ISSUELOCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the IssueLock CustomResourceDefinition as YAML.
+    Crd,
+    /// Run a command while holding the lock on one issue.
+    ///
+    /// Exit status: the command's own; 75 when another holder has the lock (the command
+    /// did not run); 76 when the lock was lost while it ran (the command was stopped);
+    /// 2 for invalid input; 1 for any other failure.
+    Run(RunArgs),
+    /// List the locks in a namespace.
+    List(ListArgs),
+    /// Print the lock object name derived from an issue key.
+    LockName {
+        /// The issue key.
+        issue: String,
+    },
+}
+
+/// Where and as whom to take locks.
+#[derive(Args, Debug)]
+pub struct HolderArgs {
+    /// Namespace of the locks (default: $POD_NAMESPACE, then the kubeconfig's namespace).
+    #[arg(long, short = 'n', env = "ISSUELOCK_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Holder identity (default: $POD_NAME, then <hostname>-<pid>).
+    #[arg(long, env = "ISSUELOCK_IDENTITY")]
+    pub identity: Option<String>,
+    /// Deadline of each API call, in seconds.
+    #[arg(long, env = "ISSUELOCK_CALL_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub call_timeout_seconds: u64,
+    /// Heartbeat Lease duration: how long after the last renewal others may consider this
+    /// holder dead (whole seconds).
+    #[arg(long, env = "ISSUELOCK_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Stop trusting held locks when the heartbeat has not been renewed for this long (seconds).
+    #[arg(long, env = "ISSUELOCK_RENEW_DEADLINE_SECONDS", default_value_t = 10.0)]
+    pub renew_deadline_seconds: f64,
+    /// Time between heartbeat renewals (seconds).
+    #[arg(long, env = "ISSUELOCK_RENEW_INTERVAL_SECONDS", default_value_t = 2.0)]
+    pub renew_interval_seconds: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The issue key to lock.
+    #[arg(long, short = 'i', env = "ISSUELOCK_ISSUE")]
+    pub issue: String,
+    /// Hard cap on how long the lock may be held, in seconds.
+    #[arg(long, env = "ISSUELOCK_MAX_HOLD_SECONDS")]
+    pub max_hold_seconds: Option<u64>,
+    #[command(flatten)]
+    pub holder: HolderArgs,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Namespace to list (default: the kubeconfig's namespace).
+    #[arg(long, short = 'n', env = "ISSUELOCK_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// List locks in every namespace.
+    #[arg(long, short = 'A')]
+    pub all_namespaces: bool,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output formats of `list`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let Cli {
+        log_format,
+        command,
+    } = cli;
+    init_logging(log_format);
+    let result = match command {
+        Command::Crd => {
+            print!("{}", crd::definition_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run_locked(args).await,
+        Command::List(args) => list(args).await,
+        Command::LockName { issue } => crate::key::IssueKey::parse(&issue)
+            .map(|key| {
+                println!("{}", key.lock_name());
+                ExitCode::SUCCESS
+            })
+            .map_err(Error::from),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("issuelock: error: {}", e.chain());
+        ExitCode::from(match e {
+            Error::InvalidKey(_) | Error::Config(_) => EXIT_USAGE,
+            Error::HeartbeatUnhealthy => EXIT_LOST,
+            Error::LockLost { .. } => EXIT_LOST,
+            _ => EXIT_FAILURE,
+        })
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn kube_client() -> Result<kube::Client, Error> {
+    let config = kube::Config::infer().await.map_err(|e| {
+        Error::Config(format!(
+            "no usable kubeconfig or in-cluster configuration: {e}"
+        ))
+    })?;
+    kube::Client::try_from(config)
+        .map_err(|e| Error::Config(format!("cannot build a Kubernetes client: {e}")))
+}
+
+/// Builds a lock client from the command-line holder settings.
+pub async fn lock_client(
+    args: HolderArgs,
+    max_hold: Option<Duration>,
+) -> Result<LockClient, Error> {
+    let HolderArgs {
+        namespace,
+        identity,
+        call_timeout_seconds,
+        lease_duration_seconds,
+        renew_deadline_seconds,
+        renew_interval_seconds,
+    } = args;
+    let seconds = |what: &str, s: f64| {
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| Error::Config(format!("{what} must be a non-negative number of seconds")))
+    };
+    let heartbeat = HeartbeatConfig {
+        lease_duration: Duration::from_secs(lease_duration_seconds),
+        renew_deadline: seconds("renew deadline", renew_deadline_seconds)?,
+        renew_interval: seconds("renew interval", renew_interval_seconds)?,
+    };
+    heartbeat.validate()?;
+    let client = kube_client().await?;
+    let me = HolderIdentity::from_env(identity);
+    let namespace = namespace
+        .or_else(|| me.pod_namespace.clone())
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let call_timeout = Duration::from_secs(call_timeout_seconds);
+    let user = holder::username(&client, call_timeout).await;
+    LockClient::start(
+        client,
+        LockConfig {
+            namespace,
+            identity: me,
+            user,
+            max_hold,
+            call_timeout,
+            heartbeat,
+        },
+    )
+    .await
+}
+
+async fn run_locked(args: RunArgs) -> Result<ExitCode, Error> {
+    let RunArgs {
+        issue,
+        max_hold_seconds,
+        holder,
+        command,
+    } = args;
+    crate::key::IssueKey::parse(&issue)?;
+    let locks = lock_client(holder, max_hold_seconds.map(Duration::from_secs)).await?;
+    let result = run_with(&locks, &issue, &command).await;
+    // Releases whatever is still held and deletes the heartbeat Lease.
+    if let Err(e) = locks.shutdown().await {
+        tracing::warn!(error = %e.chain(), "clean shutdown failed; the controller will reclaim what is left");
+    }
+    result
+}
+
+async fn run_with(locks: &LockClient, issue: &str, command: &[String]) -> Result<ExitCode, Error> {
+    let guard = match locks.try_acquire(issue).await? {
+        Acquisition::Acquired(guard) => guard,
+        Acquisition::Held(by) => {
+            eprintln!(
+                "issuelock: issue {:?} is held by {} since {}",
+                by.issue,
+                by.holder.identity,
+                by.since
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "?".into())
+            );
+            return Ok(ExitCode::from(EXIT_HELD));
+        }
+    };
+    tracing::info!(issue = %guard.issue(), lock = guard.name(), fencing_token = %guard.fencing_token(), "lock acquired");
+    let spawned = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("ISSUELOCK_ISSUE", guard.issue().as_str())
+        .env("ISSUELOCK_LOCK_NAME", guard.name())
+        .env("ISSUELOCK_FENCING_TOKEN", guard.fencing_token().to_string())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = guard.release().await;
+            return Err(Error::Config(format!("cannot start {:?}: {e}", command[0])));
+        }
+    };
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = guard.lost() => {
+            eprintln!("issuelock: lock on {:?} was lost; stopping the command", guard.issue().as_str());
+            let _ = child.kill().await;
+            let _ = guard.release().await;
+            return Ok(ExitCode::from(EXIT_LOST));
+        }
+        _ = shutdown_signal() => {
+            let _ = child.kill().await;
+            let _ = guard.release().await;
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let code = match status {
+        Ok(s) => exit_code(s),
+        Err(e) => {
+            eprintln!("issuelock: waiting for the command failed: {e}");
+            EXIT_FAILURE
+        }
+    };
+    if guard.is_lost() {
+        eprintln!(
+            "issuelock: lock on {:?} was lost while the command ran",
+            guard.issue().as_str()
+        );
+        let _ = guard.release().await;
+        return Ok(ExitCode::from(EXIT_LOST));
+    }
+    guard.release().await?;
+    Ok(ExitCode::from(code))
+}
+
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => EXIT_FAILURE,
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn list(args: ListArgs) -> Result<ExitCode, Error> {
+    let ListArgs {
+        namespace,
+        all_namespaces,
+        output,
+    } = args;
+    let client = kube_client().await?;
+    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    let api: Api<IssueLock> = if all_namespaces {
+        Api::all(client)
+    } else {
+        Api::namespaced(client, &ns)
+    };
+    let locks = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| classify("list locks", &ns, e))?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&locks.items).expect("json")
+        ),
+        Output::Yaml => print!("{}", serde_yaml::to_string(&locks.items).expect("yaml")),
+        Output::Table => print!("{}", crate::table::render(&locks.items, all_namespaces)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+}

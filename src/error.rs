@@ -1,0 +1,232 @@
+//! Errors a user of the library or CLI can meet, and the one place that turns an API
+//! server answer into one of them ([`classify`]).
+
+use crate::key::InvalidKey;
+
+/// Everything that can go wrong taking, holding or giving back a lock.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The issue key was rejected before any API call.
+    #[error("invalid issue key")]
+    InvalidKey(#[from] InvalidKey),
+
+    /// The cluster does not serve `issuelocks.issuelock.dev`.
+    #[error(
+        "the IssueLock CRD (issuelocks.issuelock.dev/v1alpha1) is not installed in this cluster; \
+         install it with `issuelock crd | kubectl apply -f -` or the Helm chart"
+    )]
+    CrdNotInstalled,
+
+    /// The namespace the locks live in does not exist.
+    #[error("namespace {namespace:?} does not exist")]
+    NamespaceNotFound { namespace: String },
+
+    /// RBAC denied a request.
+    #[error(
+        "permission denied while trying to {step}: {message} \
+         (bind the issuelock-worker ClusterRole to this identity in the namespace)"
+    )]
+    Forbidden { step: &'static str, message: String },
+
+    /// The API server rejected our credentials.
+    #[error("the API server rejected our credentials while trying to {step}: {message}")]
+    Unauthorized { step: &'static str, message: String },
+
+    /// The API server could not be reached or did not answer in time.
+    #[error("cannot reach the API server while trying to {step}")]
+    Unreachable {
+        step: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The lock was deleted or replaced while we believed we held it.
+    #[error("lock on issue {issue:?} was lost: it was deleted or replaced by someone else")]
+    LockLost { issue: String },
+
+    /// Two different keys map to the same lock name (a 48-bit hash collision).
+    #[error("issue {issue:?} maps to lock {name:?}, which is held for a different issue {other:?}")]
+    NameCollision {
+        issue: String,
+        name: String,
+        other: String,
+    },
+
+    /// The API server returned a resourceVersion that is not a decimal integer.
+    #[error("resourceVersion {0:?} is not comparable, so it cannot serve as a fencing token")]
+    UncomparableResourceVersion(String),
+
+    /// The client's heartbeat is failing or lost, so it takes no new locks.
+    #[error("this client's heartbeat Lease is not being renewed, so it takes no new locks")]
+    HeartbeatUnhealthy,
+
+    /// The configuration given to the library is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// Any other API error.
+    #[error("failed to {step}")]
+    Api {
+        step: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A small, fixed set of labels for metrics and events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::InvalidKey(_) => "invalid_key",
+            Error::CrdNotInstalled => "crd_not_installed",
+            Error::NamespaceNotFound { .. } => "namespace_not_found",
+            Error::Forbidden { .. } => "forbidden",
+            Error::Unauthorized { .. } => "unauthorized",
+            Error::Unreachable { .. } => "unreachable",
+            Error::LockLost { .. } => "lock_lost",
+            Error::NameCollision { .. } => "name_collision",
+            Error::UncomparableResourceVersion(_) => "uncomparable_resource_version",
+            Error::HeartbeatUnhealthy => "heartbeat_unhealthy",
+            Error::Config(_) => "config",
+            Error::Api { .. } => "api",
+        }
+    }
+
+    /// True when retrying the same call later may succeed (transport trouble, 429, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } => true,
+            Error::Api {
+                source: kube::Error::Api(s),
+                ..
+            } => s.code == 429 || s.code >= 500,
+            _ => false,
+        }
+    }
+
+    /// The error and its causes joined by `: `, as the CLI prints it.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
+}
+
+/// The API status of a failed call, if the server answered at all.
+pub fn status(err: &kube::Error) -> Option<&kube::core::Status> {
+    match err {
+        kube::Error::Api(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// True when `err` is the API server answering `code` with `reason`.
+pub fn is_status(err: &kube::Error, code: u16, reason: &str) -> bool {
+    status(err).is_some_and(|s| s.code == code && s.reason == reason)
+}
+
+/// Turns a failed call into the error a user should see. `step` says what we were doing
+/// ("create lock", ...), `namespace` where.
+pub fn classify(step: &'static str, namespace: &str, err: kube::Error) -> Error {
+    match &err {
+        kube::Error::Api(s) => match s.code {
+            401 => Error::Unauthorized {
+                step,
+                message: s.message.clone(),
+            },
+            403 => Error::Forbidden {
+                step,
+                message: s.message.clone(),
+            },
+            404 => {
+                let kind = s.details.as_ref().map(|d| d.kind.as_str()).unwrap_or("");
+                if kind == "namespaces" {
+                    Error::NamespaceNotFound {
+                        namespace: namespace.to_owned(),
+                    }
+                } else if kind.is_empty() {
+                    // No object kind in the answer: the resource type itself is unknown.
+                    Error::CrdNotInstalled
+                } else {
+                    Error::Api { step, source: err }
+                }
+            }
+            _ => Error::Api { step, source: err },
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) => Error::Unreachable {
+            step,
+            source: Box::new(err),
+        },
+        _ => Error::Api { step, source: err },
+    }
+}
+
+/// The error for a call that did not answer within its deadline.
+pub fn timed_out(step: &'static str, after: std::time::Duration) -> Error {
+    Error::Unreachable {
+        step,
+        source: format!("no answer within {after:?}").into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::{Status, response::StatusDetails};
+
+    fn api(code: u16, reason: &str, kind: Option<&str>) -> kube::Error {
+        let mut s = Status::failure("msg", reason);
+        s.code = code;
+        s.details = kind.map(|k| {
+            serde_json::from_value::<StatusDetails>(serde_json::json!({ "kind": k })).unwrap()
+        });
+        kube::Error::Api(Box::new(s))
+    }
+
+    #[test]
+    fn classifies_not_found() {
+        assert!(matches!(
+            classify("create lock", "ns", api(404, "NotFound", Some("namespaces"))),
+            Error::NamespaceNotFound { namespace } if namespace == "ns"
+        ));
+        assert!(matches!(
+            classify("create lock", "ns", api(404, "NotFound", None)),
+            Error::CrdNotInstalled
+        ));
+        assert!(matches!(
+            classify("read lock", "ns", api(404, "NotFound", Some("issuelocks"))),
+            Error::Api { .. }
+        ));
+    }
+
+    #[test]
+    fn classifies_auth_and_transience() {
+        assert_eq!(
+            classify("x", "ns", api(403, "Forbidden", None)).category(),
+            "forbidden"
+        );
+        assert_eq!(
+            classify("x", "ns", api(401, "Unauthorized", None)).category(),
+            "unauthorized"
+        );
+        assert!(classify("x", "ns", api(503, "ServiceUnavailable", None)).is_transient());
+        assert!(!classify("x", "ns", api(422, "Invalid", None)).is_transient());
+    }
+
+    #[test]
+    fn chain_prints_each_cause_once() {
+        let e = timed_out("create lock", std::time::Duration::from_secs(5));
+        assert_eq!(
+            e.chain(),
+            "cannot reach the API server while trying to create lock: no answer within 5s"
+        );
+    }
+}

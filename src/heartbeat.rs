@@ -1,0 +1,391 @@
+//! The holder's heartbeat: one `coordination.k8s.io/v1` Lease per holder process,
+//! renewed with optimistic concurrency, however many locks the process holds.
+//!
+//! # Timing
+//! `lease_duration > renew_deadline > renew_interval > 0` (checked by
+//! [`HeartbeatConfig::validate`], as client-go's leader election does). The Lease is
+//! renewed every `renew_interval`. When no renewal has succeeded for `renew_deadline`,
+//! measured on this process's monotonic clock from the moment the last successful
+//! renewal was *sent*, the heartbeat is lost for good: every lock of the client is
+//! marked lost. Observers may declare the holder dead only after seeing the Lease
+//! unchanged for `lease_duration` on their own clock, which starts no earlier than that
+//! send; so the holder always gives up first, by at least `lease_duration -
+//! renew_deadline` (the *slack*), provided the two clocks advance at similar rates.
+
+use crate::crd::{HEARTBEAT_LABEL, HolderPod};
+use crate::error::{Error, Result, classify, is_status};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Timing of a heartbeat; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatConfig {
+    /// How long observers wait, after last seeing the Lease change, before declaring the
+    /// holder dead. Written to the Lease (whole seconds). Default 15 s.
+    pub lease_duration: Duration,
+    /// How long the holder keeps trusting its locks without a successful renewal.
+    /// Default 10 s.
+    pub renew_deadline: Duration,
+    /// Time between renewals. Default 2 s.
+    pub renew_interval: Duration,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            renew_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl HeartbeatConfig {
+    /// Checks `lease_duration > renew_deadline > renew_interval > 0` and that the lease
+    /// duration is a whole number of seconds.
+    pub fn validate(&self) -> Result<()> {
+        let Self {
+            lease_duration,
+            renew_deadline,
+            renew_interval,
+        } = *self;
+        if renew_interval.is_zero() {
+            return Err(Error::Config("renew interval must be positive".into()));
+        }
+        if renew_deadline <= renew_interval {
+            return Err(Error::Config(format!(
+                "renew deadline ({renew_deadline:?}) must be greater than the renew interval ({renew_interval:?})"
+            )));
+        }
+        if lease_duration <= renew_deadline {
+            return Err(Error::Config(format!(
+                "lease duration ({lease_duration:?}) must be greater than the renew deadline ({renew_deadline:?})"
+            )));
+        }
+        if lease_duration.subsec_nanos() != 0 || lease_duration.as_secs() > i32::MAX as u64 {
+            return Err(Error::Config(
+                "lease duration must be a whole number of seconds".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Shared health of one heartbeat, read by guards without waiting for the renew task.
+#[derive(Debug)]
+pub(crate) struct Pulse {
+    last_renewed: Mutex<Instant>,
+    last_attempt_failed: Mutex<bool>,
+    renew_deadline: Duration,
+    /// Cancelled for good when the heartbeat is lost or stopped.
+    pub(crate) lost: CancellationToken,
+}
+
+impl Pulse {
+    fn new(renewed_at: Instant, renew_deadline: Duration) -> Self {
+        Self {
+            last_renewed: Mutex::new(renewed_at),
+            last_attempt_failed: Mutex::new(false),
+            renew_deadline,
+            lost: CancellationToken::new(),
+        }
+    }
+
+    /// True while the locks of this holder may be trusted: not lost, and the last
+    /// successful renewal was sent less than `renew_deadline` ago. Checked against the
+    /// clock, so it is false right after the process resumes from a long pause, even
+    /// before the renew task has run.
+    pub(crate) fn is_trusted(&self) -> bool {
+        !self.lost.is_cancelled() && self.deadline() > Instant::now()
+    }
+
+    /// True when new locks may be taken: trusted, and the latest renewal succeeded.
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.is_trusted() && !*self.last_attempt_failed.lock().expect("pulse mutex")
+    }
+
+    fn deadline(&self) -> Instant {
+        *self.last_renewed.lock().expect("pulse mutex") + self.renew_deadline
+    }
+
+    fn renewed(&self, sent_at: Instant) {
+        *self.last_renewed.lock().expect("pulse mutex") = sent_at;
+        *self.last_attempt_failed.lock().expect("pulse mutex") = false;
+    }
+
+    fn attempt_failed(&self) {
+        *self.last_attempt_failed.lock().expect("pulse mutex") = true;
+    }
+}
+
+/// A running heartbeat. Stop it with [`Heartbeat::stop`] to delete the Lease.
+pub struct Heartbeat {
+    api: Api<Lease>,
+    name: String,
+    uid: String,
+    pulse: Arc<Pulse>,
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+    call_timeout: Duration,
+}
+
+impl Heartbeat {
+    /// Creates the Lease `name` (it must not exist) and starts renewing it.
+    ///
+    /// The Lease is labelled `issuelock.dev/heartbeat=true`, names `identity` as its
+    /// holder, and is owned by `pod` when given (so the cluster's garbage collector
+    /// removes it with the pod).
+    pub async fn start(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        pod: Option<&HolderPod>,
+        config: HeartbeatConfig,
+        call_timeout: Duration,
+    ) -> Result<Self> {
+        config.validate()?;
+        let api: Api<Lease> = Api::namespaced(client, namespace);
+        let now = Timestamp::now();
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                labels: Some(BTreeMap::from([(
+                    HEARTBEAT_LABEL.to_owned(),
+                    "true".to_owned(),
+                )])),
+                owner_references: pod.map(|p| {
+                    vec![OwnerReference {
+                        api_version: "v1".into(),
+                        kind: "Pod".into(),
+                        name: p.name.clone(),
+                        uid: p.uid.clone(),
+                        ..OwnerReference::default()
+                    }]
+                }),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(identity.to_owned()),
+                lease_duration_seconds: Some(config.lease_duration.as_secs() as i32),
+                acquire_time: Some(MicroTime(now)),
+                renew_time: Some(MicroTime(now)),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        let sent = Instant::now();
+        let created =
+            tokio::time::timeout(call_timeout, api.create(&PostParams::default(), &lease))
+                .await
+                .map_err(|_| crate::error::timed_out("create heartbeat lease", call_timeout))?
+                .map_err(|e| classify("create heartbeat lease", namespace, e))?;
+        let uid = created.metadata.uid.clone().unwrap_or_default();
+        let pulse = Arc::new(Pulse::new(sent, config.renew_deadline));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(renew_loop(
+            api.clone(),
+            created,
+            pulse.clone(),
+            stop.clone(),
+            config,
+            call_timeout,
+        ));
+        Ok(Self {
+            api,
+            name: name.to_owned(),
+            uid,
+            pulse,
+            stop,
+            task: Mutex::new(Some(task)),
+            call_timeout,
+        })
+    }
+
+    /// The Lease's name.
+    pub fn lease_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The Lease's uid.
+    pub fn lease_uid(&self) -> &str {
+        &self.uid
+    }
+
+    pub(crate) fn pulse(&self) -> &Arc<Pulse> {
+        &self.pulse
+    }
+
+    /// True while locks under this heartbeat may be trusted (see the module docs).
+    pub fn is_trusted(&self) -> bool {
+        self.pulse.is_trusted()
+    }
+
+    /// Completes when the heartbeat is lost (or stopped).
+    pub async fn lost(&self) {
+        self.pulse.lost.cancelled().await
+    }
+
+    /// Stops renewing and deletes the Lease (precondition: its uid). Locks still held
+    /// become untrusted.
+    pub async fn stop(&self) -> Result<()> {
+        self.stop.cancel();
+        let task = self.task.lock().expect("task mutex").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.pulse.lost.cancel();
+        let params = DeleteParams::default().preconditions(Preconditions {
+            uid: Some(self.uid.clone()),
+            resource_version: None,
+        });
+        match tokio::time::timeout(self.call_timeout, self.api.delete(&self.name, &params)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if is_status(&e, 404, "NotFound") || is_status(&e, 409, "Conflict") => {
+                Ok(())
+            }
+            Ok(Err(e)) => Err(classify("delete heartbeat lease", "", e)),
+            Err(_) => Err(crate::error::timed_out(
+                "delete heartbeat lease",
+                self.call_timeout,
+            )),
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.pulse.lost.cancel();
+    }
+}
+
+/// Renews until stopped or lost. A renewal is a `PUT` of the last Lease we wrote (its
+/// resourceVersion makes it conditional); a `409` means someone else wrote it, in which
+/// case we re-read and continue only if it still names us.
+async fn renew_loop(
+    api: Api<Lease>,
+    mut current: Lease,
+    pulse: Arc<Pulse>,
+    stop: CancellationToken,
+    config: HeartbeatConfig,
+    call_timeout: Duration,
+) {
+    let retry = config.renew_interval.min(Duration::from_millis(500));
+    let name = current.metadata.name.clone().unwrap_or_default();
+    let identity = current
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone());
+    let mut next = Instant::now() + config.renew_interval;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let deadline = pulse.deadline();
+        if Instant::now() >= deadline {
+            tracing::error!(lease = %name, "heartbeat lost: no successful renewal within the renew deadline");
+            pulse.lost.cancel();
+            return;
+        }
+        let sent = Instant::now();
+        let mut renewed = current.clone();
+        if let Some(spec) = renewed.spec.as_mut() {
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+        }
+        let budget = call_timeout.min(deadline - sent);
+        let params = PostParams::default();
+        let answer = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = tokio::time::timeout(budget, api.replace(&name, &params, &renewed)) => a,
+        };
+        match answer {
+            Ok(Ok(written)) => {
+                current = written;
+                pulse.renewed(sent);
+                next = sent + config.renew_interval;
+            }
+            Ok(Err(e)) if is_status(&e, 409, "Conflict") => {
+                // Someone else wrote our Lease: continue only if it still names us.
+                match tokio::time::timeout(budget, api.get_opt(&name)).await {
+                    Ok(Ok(Some(fresh)))
+                        if fresh.spec.as_ref().and_then(|s| s.holder_identity.clone())
+                            == identity =>
+                    {
+                        current = fresh;
+                        next = Instant::now();
+                    }
+                    Ok(Ok(_)) => {
+                        tracing::error!(lease = %name, "heartbeat lost: the Lease was taken over or deleted");
+                        pulse.lost.cancel();
+                        return;
+                    }
+                    _ => {
+                        pulse.attempt_failed();
+                        next = Instant::now() + retry;
+                    }
+                }
+            }
+            Ok(Err(e)) if is_status(&e, 404, "NotFound") => {
+                tracing::error!(lease = %name, "heartbeat lost: the Lease was deleted");
+                pulse.lost.cancel();
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(lease = %name, error = %e, "heartbeat renewal failed; retrying");
+                pulse.attempt_failed();
+                next = Instant::now() + retry;
+            }
+            Err(_) => {
+                tracing::warn!(lease = %name, "heartbeat renewal timed out; retrying");
+                pulse.attempt_failed();
+                next = Instant::now() + retry;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_relation_is_validated() {
+        assert!(HeartbeatConfig::default().validate().is_ok());
+        let s = Duration::from_secs;
+        let bad = |l, d, i| HeartbeatConfig {
+            lease_duration: l,
+            renew_deadline: d,
+            renew_interval: i,
+        };
+        assert!(bad(s(10), s(10), s(2)).validate().is_err());
+        assert!(bad(s(15), s(2), s(2)).validate().is_err());
+        assert!(bad(s(15), s(10), s(0)).validate().is_err());
+        assert!(
+            bad(Duration::from_millis(15_500), s(10), s(2))
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trust_ends_at_the_renew_deadline_even_without_the_task() {
+        let pulse = Pulse::new(Instant::now(), Duration::from_secs(10));
+        assert!(pulse.is_trusted() && pulse.is_healthy());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        pulse.attempt_failed();
+        assert!(pulse.is_trusted() && !pulse.is_healthy());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!pulse.is_trusted());
+    }
+}

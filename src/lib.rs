@@ -1,0 +1,23 @@
+//! issuelock: one distributed lock per work item ("issue") for fleets of Kubernetes
+//! worker pods, with the API server as the coordination store.
+//!
+//! See the README for the protocol, its guarantees and what it does not guarantee.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod crd;
+pub mod error;
+pub mod heartbeat;
+pub mod holder;
+pub mod key;
+pub mod lock;
+pub mod table;
+
+pub use crd::{Holder, HolderPod, IssueLock, IssueLockSpec, IssueLockStatus};
+pub use error::{Error, Result};
+pub use heartbeat::HeartbeatConfig;
+pub use holder::HolderIdentity;
+pub use key::{InvalidKey, IssueKey};
+pub use lock::{
+    Acquisition, Fence, FencingToken, HeldBy, LockClient, LockConfig, LockGuard, Outcome,
+};
