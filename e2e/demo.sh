@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# `make demo`: a throwaway control plane, the IssueLock CRD, and several worker processes
-# racing over a set of issues with `issuelock run`. Each issue must be processed exactly
-# once. Prints a snapshot of `kubectl get issuelocks` taken while locks are held, a
-# summary, and tears everything down.
+# `make demo`: a throwaway control plane, the IssueLock CRD, the reclaiming controller,
+# and several worker processes racing over a set of issues with `issuelock run`. One
+# worker is SIGKILLed while it holds a lock; the controller reclaims that lock after the
+# lease duration and another worker finishes the issue. Each issue must be processed
+# exactly once. Prints a `kubectl get issuelocks` snapshot taken while locks are held, the
+# reclaim events, a summary, and tears everything down.
 set -euo pipefail
+set -m  # each background job gets its own process group, so a worker can be killed whole
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/issuelock/target}"
 
@@ -40,7 +43,7 @@ cat > "$dir/work.sh" <<'WORK'
 #!/usr/bin/env bash
 done_file="$DONE_DIR/$ISSUELOCK_LOCK_NAME"
 [[ -e "$done_file" ]] && exit 0
-sleep 0.$((RANDOM % 5 + 3))
+sleep 1.$((RANDOM % 9))
 echo "$WORKER token=$ISSUELOCK_FENCING_TOKEN" >> "$done_file"
 WORK
 chmod +x "$dir/work.sh"
@@ -48,15 +51,18 @@ chmod +x "$dir/work.sh"
 issue_list=()
 for i in $(seq 1 "$ISSUES"); do issue_list+=("acme/webshop#$i"); done
 
+# Fast heartbeats so the demo's reclaim takes seconds: lease 6 s, deadline 4 s, renew 1 s.
+HEARTBEAT=(--lease-duration-seconds 6 --renew-deadline-seconds 4 --renew-interval-seconds 1)
+
 worker() {
-  local w="$1" pass key name
-  for pass in 1 2 3 4 5 6 7 8 9 10; do
+  local w="$1" key name deadline=$((SECONDS + 90))
+  while (( SECONDS < deadline )); do
     local pending=0
     for key in $(printf '%s\n' "${issue_list[@]}" | shuf); do
       name="$("$bin" lock-name "$key")"
       [[ -e "$dir/done/$name" ]] && continue
       set +e
-      WORKER="worker-$w" DONE_DIR="$dir/done" "$bin" run -n demo --identity "worker-$w" --issue "$key" -- "$dir/work.sh" \
+      WORKER="worker-$w" DONE_DIR="$dir/done" "$bin" run -n demo --identity "worker-$w" "${HEARTBEAT[@]}" --issue "$key" -- "$dir/work.sh" \
         2>>"$dir/logs/worker-$w.log"
       rc=$?
       set -e
@@ -71,21 +77,43 @@ worker() {
   done
 }
 
+say "starting the controller"
+"$bin" controller -n demo --http-addr 127.0.0.1:0 2>"$dir/logs/controller.log" &
+controller_pid=$!
+
 say "starting $WORKERS worker processes racing over $ISSUES issues"
 pids=()
 for w in $(seq 1 "$WORKERS"); do worker "$w" & pids+=($!); done
 
-# Snapshot while locks are held.
+# Snapshot while locks are held, once the controller has marked holders alive.
 snapshot=""
 for _ in $(seq 100); do
   out="$(kubectl get issuelocks -n demo 2>/dev/null || true)"
-  if [[ "$(printf '%s\n' "$out" | wc -l)" -ge 3 ]]; then snapshot="$out"; break; fi
+  if [[ "$(printf '%s\n' "$out" | wc -l)" -ge 3 ]]; then
+    snapshot="$out"
+    grep -q True <<<"$out" && break
+  fi
   sleep 0.1
 done
-for p in "${pids[@]}"; do wait "$p"; done
+
+# Kill worker 1 while it holds a lock: no release, no Lease deletion.
+victim_issue=""
+for _ in $(seq 200); do
+  victim_issue="$(kubectl get issuelocks -n demo -o jsonpath='{range .items[?(@.spec.holder.identity=="worker-1")]}{.spec.issue}{end}' 2>/dev/null || true)"
+  [[ -n "$victim_issue" ]] && break
+  sleep 0.05
+done
+kill -KILL -- "-${pids[0]}" 2>/dev/null || true
+wait "${pids[0]}" 2>/dev/null || true
+say "SIGKILLed worker-1 while it held $victim_issue; the controller reclaims it after the 6 s lease"
+for p in "${pids[@]:1}"; do wait "$p"; done
 
 say "kubectl get issuelocks -n demo (taken while workers held locks)"
 printf '%s\n' "${snapshot:-<no snapshot: the run finished too quickly>}"
+
+say "reclaims (kubectl get events -n demo)"
+kubectl get events -n demo --field-selector type=Warning -o custom-columns=REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message
+kill "$controller_pid" 2>/dev/null || true
 
 say "summary"
 bad=0
@@ -106,4 +134,4 @@ if (( bad )) || (( left != 0 )); then
   echo "FAILED: every issue must be processed exactly once and every lock released" >&2
   exit 1
 fi
-echo "OK: all $ISSUES issues processed exactly once by $WORKERS racing workers"
+echo "OK: all $ISSUES issues processed exactly once by $WORKERS racing workers, one of them killed mid-run"

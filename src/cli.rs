@@ -49,6 +49,8 @@ pub enum Command {
     Run(RunArgs),
     /// List the locks in a namespace.
     List(ListArgs),
+    /// Run the controller that reclaims locks whose holder died.
+    Controller(ControllerArgs),
     /// Print the lock object name derived from an issue key.
     LockName {
         /// The issue key.
@@ -96,6 +98,19 @@ pub struct RunArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// Watch only this namespace (default: every namespace).
+    #[arg(long, short = 'n', env = "ISSUELOCK_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "ISSUELOCK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: std::net::SocketAddr,
+    /// Name of this replica on Events (default: $POD_NAME, then <hostname>-<pid>).
+    #[arg(long, env = "ISSUELOCK_INSTANCE")]
+    pub instance: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct ListArgs {
     /// Namespace to list (default: the kubeconfig's namespace).
     #[arg(long, short = 'n', env = "ISSUELOCK_NAMESPACE")]
@@ -130,6 +145,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Run(args) => run_locked(args).await,
         Command::List(args) => list(args).await,
+        Command::Controller(args) => controller(args).await,
         Command::LockName { issue } => crate::key::IssueKey::parse(&issue)
             .map(|key| {
                 println!("{}", key.lock_name());
@@ -292,6 +308,31 @@ async fn run_with(locks: &LockClient, issue: &str, command: &[String]) -> Result
     }
     guard.release().await?;
     Ok(ExitCode::from(code))
+}
+
+async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> {
+    let ControllerArgs {
+        namespace,
+        http_addr,
+        instance,
+    } = args;
+    let client = kube_client().await?;
+    let metrics = std::sync::Arc::new(crate::controller::metrics::Metrics::default());
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bound = crate::controller::http::serve(http_addr, metrics.clone(), ready.clone())
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {http_addr}: {e}")))?;
+    tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    let config = crate::controller::ControllerConfig {
+        namespace,
+        instance: HolderIdentity::from_env(instance).identity,
+    };
+    metrics
+        .leader
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    crate::controller::run(client, config, metrics, ready, shutdown_signal()).await?;
+    tracing::info!("controller stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u8 {

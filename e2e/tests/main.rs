@@ -6,3 +6,5 @@ mod support;
 mod acquire;
 mod bad_input;
 mod crd;
+mod holder;
+mod reclaim;

@@ -218,3 +218,210 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `signal` (e.g. "KILL", "STOP", "CONT") to a whole process group.
+pub fn signal_group(pgid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), "--", &format!("-{pgid}")])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} -{pgid}");
+}
+
+/// A real `issuelock controller` process scoped to one namespace, killed on drop.
+pub struct ControllerProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl ControllerProcess {
+    pub fn start(ns: &str) -> Self {
+        Self::start_with(ns, &[])
+    }
+
+    pub fn start_with(ns: &str, extra: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt;
+        let port = free_port();
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("issuelock-controller-{ns}-{port}.log")),
+        )
+        .unwrap();
+        let child = issuelock()
+            .args([
+                "controller",
+                "-n",
+                ns,
+                "--http-addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,kube_runtime=warn")
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let c = Self { child, port };
+        c.wait_ready();
+        c
+    }
+
+    fn wait_ready(&self) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if self.get("/readyz").is_some_and(|b| b.starts_with("ok")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("controller not ready within 30 s");
+    }
+
+    /// GET `path` from the controller's HTTP endpoint.
+    pub fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    }
+
+    pub fn kill(&mut self) {
+        signal_group(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real worker: `issuelock run` holding one issue while `sleep` runs, in its own
+/// process group (so a signal reaches the command too). Killed on drop.
+pub struct WorkerProcess {
+    child: Option<std::process::Child>,
+    pgid: u32,
+}
+
+/// Fast heartbeat settings for tests: lease 6 s, deadline 4 s, renew every 1 s.
+pub const FAST_HEARTBEAT: [&str; 6] = [
+    "--lease-duration-seconds",
+    "6",
+    "--renew-deadline-seconds",
+    "4",
+    "--renew-interval-seconds",
+    "1",
+];
+
+impl WorkerProcess {
+    pub fn start(
+        ns: &str,
+        identity: &str,
+        issue: &str,
+        pod: Option<(&str, &str)>,
+        secs: u32,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = issuelock();
+        cmd.args(["run", "-n", ns, "--identity", identity, "--issue", issue])
+            .args(FAST_HEARTBEAT)
+            .args(["--", "sleep", &secs.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+        if let Some((name, uid)) = pod {
+            cmd.env("POD_NAME", name)
+                .env("POD_UID", uid)
+                .env("POD_NAMESPACE", ns);
+        }
+        let child = cmd.spawn().unwrap();
+        Self {
+            pgid: child.id(),
+            child: Some(child),
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        signal_group(self.pgid, sig);
+    }
+
+    /// Waits for the worker to exit; returns its exit code and stderr.
+    pub fn wait(mut self) -> (Option<i32>, String) {
+        let out = self.child.take().unwrap().wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.pgid)])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Creates a Pod object (no kubelet runs it) and returns its uid.
+pub async fn create_pod(client: &kube::Client, ns: &str, name: &str) -> String {
+    use k8s_openapi::api::core::v1::Pod;
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "worker", "image": "worker:test"}]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap()
+}
+
+/// Deletes a Pod at once (grace period 0).
+pub async fn delete_pod(client: &kube::Client, ns: &str, name: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.delete(name, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+}
+
+/// The lock on `issue` in `ns`, if held.
+pub async fn lock_of(client: &kube::Client, ns: &str, issue: &str) -> Option<issuelock::IssueLock> {
+    let api: Api<issuelock::IssueLock> = Api::namespaced(client.clone(), ns);
+    let name = issuelock::IssueKey::parse(issue).unwrap().lock_name();
+    api.get_opt(&name).await.unwrap()
+}
+
+/// Percentile `p` (0..=100) of `xs`, nearest rank.
+pub fn percentile(xs: &[f64], p: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}

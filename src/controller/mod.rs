@@ -1,0 +1,604 @@
+//! The reclaiming controller: garbage-collects locks whose holder died.
+//!
+//! It watches IssueLocks, heartbeat Leases (label `issuelock.dev/heartbeat=true`) and
+//! Pods (trimmed to uid and phase). Lease renewals only update [`Observations`]; a Lease
+//! deletion or any Pod change triggers the reconcile of the locks concerned, and each live
+//! lock is requeued at the earliest time it could become stale. Evidence from the caches
+//! is confirmed with a direct read before a lock is deleted, and the delete carries
+//! `{uid, resourceVersion}` preconditions of the object judged.
+
+pub mod http;
+pub mod metrics;
+pub mod observations;
+pub mod staleness;
+
+use crate::crd::{HEARTBEAT_LABEL, HOLDER_LEASE_LABEL, IssueLock};
+use crate::error::{Error, classify, is_status};
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use metrics::Metrics;
+use observations::{LeaseKey, Observations};
+use serde_json::json;
+use staleness::{Facts, LeaseFacts, PodFacts, Reason, Verdict, judge};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Field manager of every write the controller makes.
+pub const FIELD_MANAGER: &str = "issuelock-controller";
+/// Extra wait after the earliest time a lock could become stale, before rechecking it.
+const RECHECK_MARGIN: Duration = Duration::from_millis(200);
+/// How often orphaned heartbeat Leases are looked for.
+const LEASE_SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long past its expiry an unreferenced Lease is kept before it is deleted.
+const LEASE_SWEEP_GRACE: Duration = Duration::from_secs(5);
+/// Deadline of every API call the controller makes.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of the controller.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Watch only this namespace (default: all).
+    pub namespace: Option<String>,
+    /// Name reported on Events.
+    pub instance: String,
+}
+
+/// State shared by every reconcile.
+pub struct Context {
+    client: kube::Client,
+    locks: Store<IssueLock>,
+    leases: Store<Lease>,
+    pods: Store<Pod>,
+    observations: Observations,
+    recorder: Recorder,
+    /// True once every cache has completed its first list.
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Metrics of this process.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs the controller until `shutdown` completes. Watch errors and API outages are
+/// retried with backoff; they never end the controller.
+pub async fn run(
+    client: kube::Client,
+    config: ControllerConfig,
+    metrics: Arc<Metrics>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let (lock_api, lease_api, pod_api): (Api<IssueLock>, Api<Lease>, Api<Pod>) =
+        match &config.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    // Fail fast, with a clear message, when the CRD is missing or RBAC denies listing.
+    let probe = kube::api::ListParams::default().limit(1);
+    let ns = config.namespace.clone().unwrap_or_default();
+    lock_api
+        .list(&probe)
+        .await
+        .map_err(|e| classify("list issuelocks", &ns, e))?;
+    lease_api
+        .list(&probe)
+        .await
+        .map_err(|e| classify("list leases", &ns, e))?;
+    pod_api
+        .list_metadata(&probe)
+        .await
+        .map_err(|e| classify("list pods", &ns, e))?;
+
+    let (lock_reader, lock_writer) = reflector::store();
+    let (lease_reader, lease_writer) = reflector::store();
+    let (pod_reader, pod_writer) = reflector::store();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        locks: lock_reader.clone(),
+        leases: lease_reader.clone(),
+        pods: pod_reader.clone(),
+        observations: Observations::default(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(config.instance.clone()),
+            },
+        ),
+        metrics,
+        ready: ready.clone(),
+    });
+
+    // Readiness: every cache has completed its first list.
+    let synced = Synced::new(3, ready);
+    let lock_stream = watcher(lock_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(lock_writer)
+        .inspect(synced.tracker(0))
+        .touched_objects();
+
+    let obs_ctx = ctx.clone();
+    let lease_stream = watcher(
+        lease_api,
+        watcher::Config::default().labels(&format!("{HEARTBEAT_LABEL}=true")),
+    )
+    .default_backoff()
+    .reflect(lease_writer)
+    .inspect(synced.tracker(1))
+    .filter_map(move |event| {
+        // Renewals only move the observation clock; deletions trigger the locks.
+        let out = match event {
+            Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                obs_ctx.observations.observe(
+                    lease_key(&lease),
+                    &lease.resource_version().unwrap_or_default(),
+                    Instant::now(),
+                );
+                None
+            }
+            Ok(watcher::Event::Delete(lease)) => {
+                obs_ctx.observations.forget(&lease_key(&lease));
+                Some(Ok(lease))
+            }
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(out)
+    });
+
+    let pod_stream = watcher(pod_api, watcher::Config::default())
+        .default_backoff()
+        .modify(trim_pod)
+        .reflect(pod_writer)
+        .inspect(synced.tracker(2))
+        .touched_objects();
+
+    tokio::spawn(sweep_orphaned_leases(ctx.clone()));
+
+    let by_pod = lock_reader.clone();
+    let by_lease = lock_reader.clone();
+    Controller::for_stream(lock_stream, lock_reader)
+        .watches_stream(pod_stream, move |pod: Pod| {
+            let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+            by_pod
+                .state()
+                .into_iter()
+                .filter(|l| l.namespace().as_deref() == Some(ns.as_str()))
+                .filter(|l| l.spec.holder.pod.as_ref().is_some_and(|p| p.name == name))
+                .map(|l| ObjectRef::from_obj(&*l))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(lease_stream, move |lease: Lease| {
+            let (ns, name) = (lease.namespace().unwrap_or_default(), lease.name_any());
+            by_lease
+                .state()
+                .into_iter()
+                .filter(|l| {
+                    l.namespace().as_deref() == Some(ns.as_str()) && l.spec.holder.lease == name
+                })
+                .map(|l| ObjectRef::from_obj(&*l))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile trigger failed");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// Sets the shared ready flag once each of `n` watch streams has completed its first list.
+struct Synced {
+    done: Arc<Vec<std::sync::atomic::AtomicBool>>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Synced {
+    fn new(n: usize, ready: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self {
+            done: Arc::new(
+                (0..n)
+                    .map(|_| std::sync::atomic::AtomicBool::new(false))
+                    .collect(),
+            ),
+            ready,
+        }
+    }
+
+    fn tracker<K>(
+        &self,
+        i: usize,
+    ) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
+        let (done, ready) = (self.done.clone(), self.ready.clone());
+        move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                done[i].store(true, Ordering::Relaxed);
+                if done.iter().all(|d| d.load(Ordering::Relaxed))
+                    && !ready.swap(true, Ordering::Relaxed)
+                {
+                    tracing::info!("caches synced");
+                }
+            }
+        }
+    }
+}
+
+/// Keeps only what [`judge`] needs of a Pod: metadata identity and phase.
+fn trim_pod(pod: &mut Pod) {
+    pod.spec = None;
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.metadata.labels = None;
+    pod.metadata.owner_references = None;
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        ..PodStatus::default()
+    });
+}
+
+fn lease_key(lease: &Lease) -> LeaseKey {
+    (lease.namespace().unwrap_or_default(), lease.name_any())
+}
+
+/// Reconcile errors: the failed step, for logs and the error metric.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {step}")]
+pub struct ReconcileError {
+    step: &'static str,
+    #[source]
+    source: Error,
+}
+
+impl ReconcileError {
+    fn new(step: &'static str, source: Error) -> Self {
+        Self { step, source }
+    }
+}
+
+fn error_policy(lock: Arc<IssueLock>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(err.source.category());
+    tracing::warn!(lock = %lock.name_any(), namespace = ?lock.namespace(), error = %crate::error::Error::chain(&err.source), step = err.step, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(1))
+}
+
+async fn reconcile(lock: Arc<IssueLock>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_lock(&lock, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed());
+    ctx.metrics
+        .locks_held
+        .store(ctx.locks.state().len() as i64, Ordering::Relaxed);
+    result
+}
+
+async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, ReconcileError> {
+    if lock.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = lock.namespace().unwrap_or_default();
+    let mut facts = Facts {
+        recorded_pod_uid: lock.spec.holder.pod.as_ref().map(|p| p.uid.clone()),
+        pod: pod_facts_cached(lock, ctx),
+        lease: lease_facts(lock, ctx, false).await?,
+        age: lock.metadata.creation_timestamp.as_ref().map(|t| {
+            Timestamp::now()
+                .duration_since(t.0)
+                .try_into()
+                .unwrap_or(Duration::ZERO)
+        }),
+        max_hold: lock
+            .spec
+            .max_hold_seconds
+            .map(|s| Duration::from_secs(s.max(0) as u64)),
+    };
+    let mut verdict = judge(&facts);
+    // Confirm cached evidence with direct reads before acting on it.
+    if let Verdict::Stale(reason) = verdict {
+        if reason.is_about_pod() {
+            facts.pod = pod_facts_fresh(lock, ctx).await?;
+        }
+        if reason == Reason::LeaseExpired || reason == Reason::LeaseMissing {
+            facts.lease = lease_facts(lock, ctx, true).await?;
+        }
+        verdict = judge(&facts);
+    }
+    match verdict {
+        Verdict::Stale(reason) => {
+            reclaim(lock, &ns, reason, ctx).await?;
+            Ok(Action::await_change())
+        }
+        Verdict::Live { recheck_in } => {
+            write_alive_status(lock, &ns, ctx).await?;
+            Ok(Action::requeue(recheck_in + RECHECK_MARGIN))
+        }
+    }
+}
+
+fn pod_facts_cached(lock: &IssueLock, ctx: &Context) -> PodFacts {
+    let Some(pod) = &lock.spec.holder.pod else {
+        return PodFacts::NotRecorded;
+    };
+    let ns = lock.namespace().unwrap_or_default();
+    match ctx.pods.get(&ObjectRef::new(&pod.name).within(&ns)) {
+        None => PodFacts::Missing,
+        Some(p) => PodFacts::Present {
+            uid: p.metadata.uid.clone().unwrap_or_default(),
+            phase: p.status.as_ref().and_then(|s| s.phase.clone()),
+        },
+    }
+}
+
+async fn pod_facts_fresh(lock: &IssueLock, ctx: &Context) -> Result<PodFacts, ReconcileError> {
+    let Some(pod) = &lock.spec.holder.pod else {
+        return Ok(PodFacts::NotRecorded);
+    };
+    let ns = lock.namespace().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let found = timed("read holder pod", &ns, api.get_opt(&pod.name)).await?;
+    Ok(match found {
+        None => PodFacts::Missing,
+        Some(p) => PodFacts::Present {
+            uid: p.metadata.uid.unwrap_or_default(),
+            phase: p.status.and_then(|s| s.phase),
+        },
+    })
+}
+
+/// Lease facts from the cache and our observations; with `fresh`, from a direct read,
+/// which also records a change the watch has not delivered yet.
+async fn lease_facts(
+    lock: &IssueLock,
+    ctx: &Context,
+    fresh: bool,
+) -> Result<LeaseFacts, ReconcileError> {
+    let ns = lock.namespace().unwrap_or_default();
+    let name = &lock.spec.holder.lease;
+    let lease = if fresh {
+        let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ns);
+        timed("read holder lease", &ns, api.get_opt(name))
+            .await?
+            .map(Arc::new)
+    } else {
+        match ctx.leases.get(&ObjectRef::new(name).within(&ns)) {
+            Some(l) => Some(l),
+            // Not in the cache: it may be brand new. Read it before calling it missing.
+            None => {
+                let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ns);
+                timed("read holder lease", &ns, api.get_opt(name))
+                    .await?
+                    .map(Arc::new)
+            }
+        }
+    };
+    let Some(lease) = lease else {
+        return Ok(LeaseFacts::Missing);
+    };
+    let now = Instant::now();
+    let seen = ctx.observations.observe(
+        lease_key(&lease),
+        &lease.resource_version().unwrap_or_default(),
+        now,
+    );
+    let duration = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_duration_seconds)
+        .unwrap_or(15)
+        .max(1) as u64;
+    Ok(LeaseFacts::Present {
+        duration: Duration::from_secs(duration),
+        unchanged_for: now.saturating_duration_since(seen.at),
+    })
+}
+
+async fn timed<T>(
+    step: &'static str,
+    ns: &str,
+    fut: impl std::future::Future<Output = kube::Result<T>>,
+) -> Result<T, ReconcileError> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ReconcileError::new(step, classify(step, ns, e))),
+        Err(_) => Err(ReconcileError::new(
+            step,
+            crate::error::timed_out(step, CALL_TIMEOUT),
+        )),
+    }
+}
+
+/// Deletes a stale lock with `{uid, resourceVersion}` preconditions, then records an
+/// Event and a metric. A lock changed or gone meanwhile is left alone.
+async fn reclaim(
+    lock: &IssueLock,
+    ns: &str,
+    reason: Reason,
+    ctx: &Context,
+) -> Result<(), ReconcileError> {
+    let api: Api<IssueLock> = Api::namespaced(ctx.client.clone(), ns);
+    let params = DeleteParams::default().preconditions(Preconditions {
+        uid: lock.metadata.uid.clone(),
+        resource_version: lock.metadata.resource_version.clone(),
+    });
+    match tokio::time::timeout(CALL_TIMEOUT, api.delete(&lock.name_any(), &params)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if is_status(&e, 404, "NotFound") || is_status(&e, 409, "Conflict") => {
+            tracing::debug!(lock = %lock.name_any(), "lock changed or gone before reclaim; leaving it");
+            return Ok(());
+        }
+        Ok(Err(e)) => {
+            return Err(ReconcileError::new(
+                "delete stale lock",
+                classify("delete stale lock", ns, e),
+            ));
+        }
+        Err(_) => {
+            return Err(ReconcileError::new(
+                "delete stale lock",
+                crate::error::timed_out("delete stale lock", CALL_TIMEOUT),
+            ));
+        }
+    }
+    ctx.metrics.reclaimed(reason);
+    tracing::info!(
+        lock = %lock.name_any(), namespace = ns, issue = %lock.spec.issue,
+        holder = %lock.spec.holder.identity, reason = reason.label(), "reclaimed stale lock"
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.event_reason().into(),
+        note: Some(format!(
+            "reclaimed lock on {:?} held by {}: {}",
+            lock.spec.issue,
+            lock.spec.holder.identity,
+            reason.label()
+        )),
+        action: "Reclaim".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &lock.object_ref(&())).await {
+        tracing::warn!(error = %e, "failed to publish reclaim event");
+    }
+    Ok(())
+}
+
+/// Writes `HolderAlive=True` and `lastHeartbeatObserved` when they changed noticeably.
+async fn write_alive_status(
+    lock: &IssueLock,
+    ns: &str,
+    ctx: &Context,
+) -> Result<(), ReconcileError> {
+    let key = (ns.to_owned(), lock.spec.holder.lease.clone());
+    let Some(seen) = ctx.observations.get(&key) else {
+        return Ok(());
+    };
+    let age = Instant::now().saturating_duration_since(seen.at);
+    ctx.metrics
+        .max_heartbeat_age_millis
+        .store(age.as_millis() as i64, Ordering::Relaxed);
+    let observed = Timestamp::now() - SignedDuration::try_from(age).unwrap_or_default();
+    let status = lock.status.clone().unwrap_or_default();
+    let alive = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "HolderAlive" && c.status == "True");
+    let recorded = status.last_heartbeat_observed.as_ref().map(|t| t.0);
+    let stale_record =
+        recorded.is_none_or(|r| (observed.duration_since(r)).abs() >= SignedDuration::from_secs(5));
+    if alive && !stale_record {
+        return Ok(());
+    }
+    let since = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "HolderAlive" && c.status == "True")
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(Timestamp::now()));
+    let condition = Condition {
+        type_: "HolderAlive".into(),
+        status: "True".into(),
+        reason: "HeartbeatObserved".into(),
+        message: format!(
+            "heartbeat Lease {} is being renewed",
+            lock.spec.holder.lease
+        ),
+        last_transition_time: since,
+        observed_generation: lock.metadata.generation,
+    };
+    let patch = json!({
+        "apiVersion": IssueLock::api_version(&()),
+        "kind": IssueLock::kind(&()),
+        "status": {
+            "conditions": [condition],
+            "lastHeartbeatObserved": Time(observed),
+        }
+    });
+    let api: Api<IssueLock> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match tokio::time::timeout(
+        CALL_TIMEOUT,
+        api.patch_status(&lock.name_any(), &params, &Patch::Apply(&patch)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if is_status(&e, 404, "NotFound") => Ok(()),
+        Ok(Err(e)) => Err(ReconcileError::new(
+            "write lock status",
+            classify("write lock status", ns, e),
+        )),
+        Err(_) => Err(ReconcileError::new(
+            "write lock status",
+            crate::error::timed_out("write lock status", CALL_TIMEOUT),
+        )),
+    }
+}
+
+/// Deletes heartbeat Leases that expired (by our observation) and that no lock references.
+async fn sweep_orphaned_leases(ctx: Arc<Context>) {
+    loop {
+        tokio::time::sleep(LEASE_SWEEP_EVERY).await;
+        if !ctx.ready.load(Ordering::Relaxed) {
+            continue;
+        }
+        let now = Instant::now();
+        for lease in ctx.leases.state() {
+            let key = lease_key(&lease);
+            let Some(seen) = ctx.observations.get(&key) else {
+                continue;
+            };
+            let duration = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.lease_duration_seconds)
+                .unwrap_or(15)
+                .max(1) as u64;
+            if now.saturating_duration_since(seen.at)
+                < Duration::from_secs(duration) + LEASE_SWEEP_GRACE
+            {
+                continue;
+            }
+            let referenced = ctx.locks.state().iter().any(|l| {
+                l.namespace().as_deref() == Some(key.0.as_str())
+                    && l.labels().get(HOLDER_LEASE_LABEL).map(String::as_str)
+                        == Some(key.1.as_str())
+            });
+            if referenced {
+                continue;
+            }
+            let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &key.0);
+            let params = DeleteParams::default().preconditions(Preconditions {
+                uid: lease.metadata.uid.clone(),
+                resource_version: Some(seen.resource_version.clone()),
+            });
+            match tokio::time::timeout(CALL_TIMEOUT, api.delete(&key.1, &params)).await {
+                Ok(Ok(_)) => {
+                    tracing::info!(lease = %key.1, namespace = %key.0, "deleted expired heartbeat Lease that no lock references")
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(lease = %key.1, error = %e, "expired Lease not deleted")
+                }
+                Err(_) => tracing::debug!(lease = %key.1, "deleting expired Lease timed out"),
+            }
+        }
+    }
+}
