@@ -36,8 +36,9 @@ assets: ## Build (or find in the cache) etcd, kube-apiserver, kube-controller-ma
 	bash e2e/assets.sh
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust types.
+crds: ## Regenerate crds/ (and the chart's copy) from the Rust types.
 	cargo run --quiet -- crd > crds/issuelock.dev_issuelocks.yaml
+	cp crds/issuelock.dev_issuelocks.yaml charts/issuelock/files/issuelock.dev_issuelocks.yaml
 
 .PHONY: build
 build: ## Build the issuelock binary.

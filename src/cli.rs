@@ -49,6 +49,10 @@ pub enum Command {
     Run(RunArgs),
     /// List the locks in a namespace.
     List(ListArgs),
+    /// Show one lock: who holds it, since when, whether the holder is alive.
+    Show(ShowArgs),
+    /// Delete a lock held by someone else (an administrator's action; needs --force).
+    Release(ReleaseArgs),
     /// Run the controller that reclaims locks whose holder died.
     Controller(ControllerArgs),
     /// Print the lock object name derived from an issue key.
@@ -105,9 +109,46 @@ pub struct ControllerArgs {
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "ISSUELOCK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: std::net::SocketAddr,
-    /// Name of this replica on Events (default: $POD_NAME, then <hostname>-<pid>).
+    /// Name of this replica on Events and in the election Lease (default: $POD_NAME,
+    /// then <hostname>-<pid>).
     #[arg(long, env = "ISSUELOCK_INSTANCE")]
     pub instance: Option<String>,
+    /// Elect one leader among replicas; only the leader reclaims. Disable only when
+    /// exactly one replica runs.
+    #[arg(long, env = "ISSUELOCK_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the election Lease (default: $POD_NAMESPACE, then the kubeconfig's).
+    #[arg(long, env = "ISSUELOCK_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the election Lease.
+    #[arg(
+        long,
+        env = "ISSUELOCK_LEADER_ELECTION_LEASE",
+        default_value = "issuelock-controller"
+    )]
+    pub leader_election_lease: String,
+    /// Election Lease duration (whole seconds): a standby takes over after seeing the
+    /// Lease unchanged this long.
+    #[arg(
+        long,
+        env = "ISSUELOCK_LEADER_LEASE_DURATION_SECONDS",
+        default_value_t = 15
+    )]
+    pub leader_lease_duration_seconds: u64,
+    /// The leader stops reclaiming when it has not renewed for this long (seconds).
+    #[arg(
+        long,
+        env = "ISSUELOCK_LEADER_RENEW_DEADLINE_SECONDS",
+        default_value_t = 10.0
+    )]
+    pub leader_renew_deadline_seconds: f64,
+    /// Renewal and candidate retry period (seconds).
+    #[arg(
+        long,
+        env = "ISSUELOCK_LEADER_RETRY_PERIOD_SECONDS",
+        default_value_t = 1.0
+    )]
+    pub leader_retry_period_seconds: f64,
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +162,30 @@ pub struct ListArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// The issue key.
+    pub issue: String,
+    /// Namespace (default: the kubeconfig's namespace).
+    #[arg(long, short = 'n', env = "ISSUELOCK_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    /// The issue key.
+    pub issue: String,
+    /// Namespace (default: the kubeconfig's namespace).
+    #[arg(long, short = 'n', env = "ISSUELOCK_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Confirm deleting a lock this process does not hold; its holder will find it lost.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Output formats of `list`.
@@ -145,6 +210,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Run(args) => run_locked(args).await,
         Command::List(args) => list(args).await,
+        Command::Show(args) => show(args).await,
+        Command::Release(args) => force_release(args).await,
         Command::Controller(args) => controller(args).await,
         Command::LockName { issue } => crate::key::IssueKey::parse(&issue)
             .map(|key| {
@@ -315,24 +382,68 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> {
         namespace,
         http_addr,
         instance,
+        leader_election,
+        leader_election_namespace,
+        leader_election_lease,
+        leader_lease_duration_seconds,
+        leader_renew_deadline_seconds,
+        leader_retry_period_seconds,
     } = args;
+    let timing = HeartbeatConfig {
+        lease_duration: Duration::from_secs(leader_lease_duration_seconds),
+        renew_deadline: seconds("leader renew deadline", leader_renew_deadline_seconds)?,
+        renew_interval: seconds("leader retry period", leader_retry_period_seconds)?,
+    };
+    timing.validate()?;
     let client = kube_client().await?;
+    let me = HolderIdentity::from_env(instance);
     let metrics = std::sync::Arc::new(crate::controller::metrics::Metrics::default());
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let bound = crate::controller::http::serve(http_addr, metrics.clone(), ready.clone())
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {http_addr}: {e}")))?;
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (leadership, campaign) = if leader_election {
+        let namespace = leader_election_namespace
+            .or_else(|| me.pod_namespace.clone())
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let config = crate::leader::LeaderConfig {
+            namespace,
+            lease_name: leader_election_lease,
+            identity: me.new_lease_name(),
+            timing,
+            call_timeout: Duration::from_secs(10),
+        };
+        let (leadership, task) = crate::leader::campaign(client.clone(), config, stop.clone())?;
+        (leadership, Some(task))
+    } else {
+        (crate::leader::Leadership::always(), None)
+    };
     let config = crate::controller::ControllerConfig {
         namespace,
-        instance: HolderIdentity::from_env(instance).identity,
+        instance: me.identity,
     };
-    metrics
-        .leader
-        .store(1, std::sync::atomic::Ordering::Relaxed);
-    crate::controller::run(client, config, metrics, ready, shutdown_signal()).await?;
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+        }
+    };
+    let result = crate::controller::run(client, config, metrics, ready, leadership, shutdown).await;
+    stop.cancel();
+    if let Some(task) = campaign {
+        let _ = task.await;
+    }
+    result?;
     tracing::info!("controller stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+fn seconds(what: &str, s: f64) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| Error::Config(format!("{what} must be a non-negative number of seconds")))
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u8 {
@@ -380,6 +491,81 @@ async fn list(args: ListArgs) -> Result<ExitCode, Error> {
         Output::Table => print!("{}", crate::table::render(&locks.items, all_namespaces)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn show(args: ShowArgs) -> Result<ExitCode, Error> {
+    let ShowArgs {
+        issue,
+        namespace,
+        output,
+    } = args;
+    let key = crate::key::IssueKey::parse(&issue)?;
+    let client = kube_client().await?;
+    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    let api: Api<IssueLock> = Api::namespaced(client, &ns);
+    let lock = api
+        .get_opt(&key.lock_name())
+        .await
+        .map_err(|e| classify("read lock", &ns, e))?;
+    let Some(lock) = lock else {
+        eprintln!("issuelock: issue {issue:?} is not locked in namespace {ns:?}");
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&lock).expect("json")),
+        Output::Yaml => print!("{}", serde_yaml::to_string(&lock).expect("yaml")),
+        Output::Table => print!("{}", crate::table::describe(&lock)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn force_release(args: ReleaseArgs) -> Result<ExitCode, Error> {
+    let ReleaseArgs {
+        issue,
+        namespace,
+        force,
+    } = args;
+    let key = crate::key::IssueKey::parse(&issue)?;
+    if !force {
+        return Err(Error::Config(
+            "releasing a lock held by another process is an administrator's action; pass --force"
+                .into(),
+        ));
+    }
+    let client = kube_client().await?;
+    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    let api: Api<IssueLock> = Api::namespaced(client, &ns);
+    let name = key.lock_name();
+    let Some(lock) = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| classify("read lock", &ns, e))?
+    else {
+        eprintln!("issuelock: issue {issue:?} is not locked in namespace {ns:?}");
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    };
+    // Delete exactly the lock we looked at, never a newer one.
+    let params = kube::api::DeleteParams::default().preconditions(kube::api::Preconditions {
+        uid: lock.metadata.uid.clone(),
+        resource_version: lock.metadata.resource_version.clone(),
+    });
+    match api.delete(&name, &params).await {
+        Ok(_) => {
+            println!(
+                "released lock on {issue:?} held by {}",
+                lock.spec.holder.identity
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e)
+            if crate::error::is_status(&e, 409, "Conflict")
+                || crate::error::is_status(&e, 404, "NotFound") =>
+        {
+            eprintln!("issuelock: the lock on {issue:?} changed meanwhile; nothing released");
+            Ok(ExitCode::from(EXIT_FAILURE))
+        }
+        Err(e) => Err(classify("release lock", &ns, e)),
+    }
 }
 
 #[cfg(test)]

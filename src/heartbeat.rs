@@ -81,7 +81,7 @@ impl HeartbeatConfig {
 
 /// Shared health of one heartbeat, read by guards without waiting for the renew task.
 #[derive(Debug)]
-pub(crate) struct Pulse {
+pub struct Pulse {
     last_renewed: Mutex<Instant>,
     last_attempt_failed: Mutex<bool>,
     renew_deadline: Duration,
@@ -103,7 +103,7 @@ impl Pulse {
     /// successful renewal was sent less than `renew_deadline` ago. Checked against the
     /// clock, so it is false right after the process resumes from a long pause, even
     /// before the renew task has run.
-    pub(crate) fn is_trusted(&self) -> bool {
+    pub fn is_trusted(&self) -> bool {
         !self.lost.is_cancelled() && self.deadline() > Instant::now()
     }
 
@@ -189,26 +189,39 @@ impl Heartbeat {
                 .await
                 .map_err(|_| crate::error::timed_out("create heartbeat lease", call_timeout))?
                 .map_err(|e| classify("create heartbeat lease", namespace, e))?;
-        let uid = created.metadata.uid.clone().unwrap_or_default();
-        let pulse = Arc::new(Pulse::new(sent, config.renew_deadline));
+        Ok(Self::renewing(api, created, sent, config, call_timeout))
+    }
+
+    /// Starts renewing `lease`, which this process has just written at `written_at` (it
+    /// names us as holder). Used for a freshly created Lease and for one taken over.
+    pub(crate) fn renewing(
+        api: Api<Lease>,
+        lease: Lease,
+        written_at: Instant,
+        config: HeartbeatConfig,
+        call_timeout: Duration,
+    ) -> Self {
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        let uid = lease.metadata.uid.clone().unwrap_or_default();
+        let pulse = Arc::new(Pulse::new(written_at, config.renew_deadline));
         let stop = CancellationToken::new();
         let task = tokio::spawn(renew_loop(
             api.clone(),
-            created,
+            lease,
             pulse.clone(),
             stop.clone(),
             config,
             call_timeout,
         ));
-        Ok(Self {
+        Self {
             api,
-            name: name.to_owned(),
+            name,
             uid,
             pulse,
             stop,
             task: Mutex::new(Some(task)),
             call_timeout,
-        })
+        }
     }
 
     /// The Lease's name.

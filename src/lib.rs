@@ -11,6 +11,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod holder;
 pub mod key;
+pub mod leader;
 pub mod lock;
 pub mod table;
 

@@ -58,6 +58,63 @@ pub fn render(locks: &[IssueLock], with_namespace: bool) -> String {
     out
 }
 
+/// A multi-line description of one lock, for `issuelock show`.
+pub fn describe(lock: &IssueLock) -> String {
+    let now = Timestamp::now();
+    let age = |t: Option<Timestamp>| {
+        t.map(|t| format!("{t} ({} ago)", human_age(now.duration_since(t).as_secs())))
+            .unwrap_or_else(|| "<unknown>".into())
+    };
+    let h = &lock.spec.holder;
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<16}{v}\n"));
+    line("Issue:", lock.spec.issue.clone());
+    line(
+        "Lock:",
+        format!(
+            "{}/{}",
+            lock.metadata.namespace.clone().unwrap_or_default(),
+            lock.metadata.name.clone().unwrap_or_default()
+        ),
+    );
+    line("Holder:", h.identity.clone());
+    line(
+        "Pod:",
+        h.pod
+            .as_ref()
+            .map(|p| format!("{} (uid {})", p.name, p.uid))
+            .unwrap_or_else(|| "<none>".into()),
+    );
+    line("Lease:", h.lease.clone());
+    line(
+        "User:",
+        h.user.clone().unwrap_or_else(|| "<unknown>".into()),
+    );
+    line(
+        "Since:",
+        age(lock.metadata.creation_timestamp.as_ref().map(|t| t.0)),
+    );
+    line(
+        "Max hold:",
+        lock.spec
+            .max_hold_seconds
+            .map(|s| format!("{s}s"))
+            .unwrap_or_else(|| "<none>".into()),
+    );
+    let status = lock.status.clone().unwrap_or_default();
+    line(
+        "Heartbeat:",
+        age(status.last_heartbeat_observed.map(|t| t.0)),
+    );
+    for c in &status.conditions {
+        line(
+            &format!("{}:", c.type_),
+            format!("{} ({}: {})", c.status, c.reason, c.message),
+        );
+    }
+    out
+}
+
 /// Ages as kubectl prints them: `42s`, `5m3s`, `3h12m`, `2d4h`.
 pub fn human_age(secs: i64) -> String {
     let secs = secs.max(0);

@@ -5,6 +5,8 @@ mod support;
 
 mod acquire;
 mod bad_input;
+mod chart;
 mod crd;
 mod holder;
+mod leader;
 mod reclaim;

@@ -22,16 +22,17 @@ pub async fn serve(
             };
             let (metrics, ready) = (metrics.clone(), ready.clone());
             tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    stream.read(&mut buf),
-                )
-                .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
+                // Read the request head (up to 8 KiB, 5 s); the body, if any, is ignored.
+                let mut buf = Vec::with_capacity(1024);
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                    let mut chunk = [0u8; 1024];
+                    match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                        Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let n = buf.len();
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let path = request.split_whitespace().nth(1).unwrap_or("/");
                 let (status, content_type, body) = match path {

@@ -14,6 +14,7 @@ pub mod staleness;
 
 use crate::crd::{HEARTBEAT_LABEL, HOLDER_LEASE_LABEL, IssueLock};
 use crate::error::{Error, classify, is_status};
+use crate::leader::Leadership;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
@@ -64,6 +65,8 @@ pub struct Context {
     recorder: Recorder,
     /// True once every cache has completed its first list.
     ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Only the leader reclaims and writes status.
+    leadership: Leadership,
     /// Metrics of this process.
     pub metrics: Arc<Metrics>,
 }
@@ -75,6 +78,7 @@ pub async fn run(
     config: ControllerConfig,
     metrics: Arc<Metrics>,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    leadership: Leadership,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     let (lock_api, lease_api, pod_api): (Api<IssueLock>, Api<Lease>, Api<Pod>) =
@@ -124,6 +128,15 @@ pub async fn run(
         ),
         metrics,
         ready: ready.clone(),
+        leadership: leadership.clone(),
+    });
+    let gauge = ctx.clone();
+    tokio::spawn(async move {
+        loop {
+            let leading = gauge.leadership.is_leading() as i64;
+            gauge.metrics.leader.store(leading, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     });
 
     // Readiness: every cache has completed its first list.
@@ -196,6 +209,7 @@ pub async fn run(
                 .map(|l| ObjectRef::from_obj(&*l))
                 .collect::<Vec<_>>()
         })
+        .reconcile_all_on(leadership.elected())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -292,7 +306,8 @@ async fn reconcile(lock: Arc<IssueLock>, ctx: Arc<Context>) -> Result<Action, Re
 }
 
 async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, ReconcileError> {
-    if lock.metadata.deletion_timestamp.is_some() {
+    if lock.metadata.deletion_timestamp.is_some() || !ctx.leadership.is_leading() {
+        // Standbys keep their caches and Lease observations warm, and act once elected.
         return Ok(Action::await_change());
     }
     let ns = lock.namespace().unwrap_or_default();
@@ -557,7 +572,7 @@ async fn write_alive_status(
 async fn sweep_orphaned_leases(ctx: Arc<Context>) {
     loop {
         tokio::time::sleep(LEASE_SWEEP_EVERY).await;
-        if !ctx.ready.load(Ordering::Relaxed) {
+        if !ctx.ready.load(Ordering::Relaxed) || !ctx.leadership.is_leading() {
             continue;
         }
         let now = Instant::now();

@@ -249,22 +249,35 @@ impl ControllerProcess {
     }
 
     pub fn start_with(ns: &str, extra: &[&str]) -> Self {
+        Self::start_as(ns, None, extra)
+    }
+
+    /// Starts a controller authenticating with `kubeconfig` (default: the admin's).
+    pub fn start_as(ns: &str, kubeconfig: Option<&std::path::Path>, extra: &[&str]) -> Self {
         use std::os::unix::process::CommandExt;
         let port = free_port();
         let log = std::fs::File::create(
             std::env::temp_dir().join(format!("issuelock-controller-{ns}-{port}.log")),
         )
         .unwrap();
-        let child = issuelock()
-            .args([
-                "controller",
-                "-n",
-                ns,
-                "--http-addr",
-                &format!("127.0.0.1:{port}"),
-            ])
+        let mut cmd = issuelock();
+        if let Some(kc) = kubeconfig {
+            cmd.env("KUBECONFIG", kc);
+        }
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = vec!["controller", "-n", ns, "--http-addr", &addr];
+        if !extra.contains(&"--leader-election-namespace") {
+            args.extend(["--leader-election-namespace", ns]);
+        }
+        let child = cmd
+            .args(args)
+            .args(FAST_LEADER)
             .args(extra)
-            .env("RUST_LOG", "info,kube_runtime=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("ISSUELOCK_E2E_CONTROLLER_LOG")
+                    .unwrap_or_else(|_| "info,kube_runtime=warn".into()),
+            )
             .stderr(log)
             .process_group(0)
             .spawn()
@@ -285,8 +298,12 @@ impl ControllerProcess {
         panic!("controller not ready within 30 s");
     }
 
-    /// GET `path` from the controller's HTTP endpoint.
+    /// GET `path` from the controller's HTTP endpoint (three tries).
     pub fn get(&self, path: &str) -> Option<String> {
+        (0..3).find_map(|_| self.get_once(path))
+    }
+
+    fn get_once(&self, path: &str) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -320,6 +337,23 @@ pub struct WorkerProcess {
     pgid: u32,
 }
 
+/// Fast leader-election settings for tests: lease 6 s, deadline 4 s, retry 1 s.
+pub const FAST_LEADER: [&str; 6] = [
+    "--leader-lease-duration-seconds",
+    "6",
+    "--leader-renew-deadline-seconds",
+    "4",
+    "--leader-retry-period-seconds",
+    "1",
+];
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Fast heartbeat settings for tests: lease 6 s, deadline 4 s, renew every 1 s.
 pub const FAST_HEARTBEAT: [&str; 6] = [
     "--lease-duration-seconds",
@@ -338,8 +372,23 @@ impl WorkerProcess {
         pod: Option<(&str, &str)>,
         secs: u32,
     ) -> Self {
+        Self::start_as(ns, None, identity, issue, pod, secs)
+    }
+
+    /// Starts a worker authenticating with `kubeconfig` (default: the admin's).
+    pub fn start_as(
+        ns: &str,
+        kubeconfig: Option<&std::path::Path>,
+        identity: &str,
+        issue: &str,
+        pod: Option<(&str, &str)>,
+        secs: u32,
+    ) -> Self {
         use std::os::unix::process::CommandExt;
         let mut cmd = issuelock();
+        if let Some(kc) = kubeconfig {
+            cmd.env("KUBECONFIG", kc);
+        }
         cmd.args(["run", "-n", ns, "--identity", identity, "--issue", issue])
             .args(FAST_HEARTBEAT)
             .args(["--", "sleep", &secs.to_string()])

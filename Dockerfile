@@ -1,0 +1,17 @@
+# A small static controller image running as non-root. Build with:
+#   docker build -t ghcr.io/issuelock/issuelock:0.1.0 .
+FROM rust:1.95-alpine AS build
+RUN apk add --no-cache musl-dev
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY e2e ./e2e
+COPY crds ./crds
+COPY charts ./charts
+RUN cargo build --release --locked --bin issuelock
+
+FROM scratch
+COPY --from=build /src/target/release/issuelock /issuelock
+USER 65532:65532
+ENTRYPOINT ["/issuelock"]
+CMD ["controller"]

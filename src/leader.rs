@@ -1,0 +1,219 @@
+//! Leader election for controller replicas, on a `coordination.k8s.io/v1` Lease, renewed
+//! by the same code as holder heartbeats ([`crate::heartbeat`]).
+//!
+//! A candidate takes the Lease when it does not exist, or when it has seen it unchanged
+//! for its `leaseDurationSeconds` on its own monotonic clock (never by comparing
+//! `renewTime` with the local clock). The leader renews every `renew_interval`, and
+//! [`Leadership::is_leading`] turns false as soon as no renewal has succeeded for
+//! `renew_deadline` (< lease duration): a leader that cannot renew stops acting before
+//! any standby may take over. On shutdown the leader deletes the Lease so a standby takes
+//! over at once.
+
+use crate::error::{Error, Result, classify, is_status};
+use crate::heartbeat::{Heartbeat, HeartbeatConfig, Pulse};
+use futures::Stream;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of one candidate.
+#[derive(Clone, Debug)]
+pub struct LeaderConfig {
+    /// Namespace of the election Lease.
+    pub namespace: String,
+    /// Name of the election Lease.
+    pub lease_name: String,
+    /// This candidate's identity (unique per process).
+    pub identity: String,
+    /// Lease timing; `renew_interval` is also the retry period of candidates.
+    pub timing: HeartbeatConfig,
+    /// Deadline of each API call.
+    pub call_timeout: Duration,
+}
+
+/// Whether this process currently leads. Cheap to clone.
+#[derive(Clone)]
+pub struct Leadership {
+    always: bool,
+    current: Arc<Mutex<Option<Arc<Pulse>>>>,
+    terms: watch::Receiver<u64>,
+}
+
+impl Leadership {
+    /// A process that always leads (leader election disabled: run one replica only).
+    pub fn always() -> Self {
+        let (_tx, terms) = watch::channel(1);
+        Self {
+            always: true,
+            current: Arc::default(),
+            terms,
+        }
+    }
+
+    /// True while this process leads and its last renewal is within the renew deadline.
+    pub fn is_leading(&self) -> bool {
+        self.always
+            || self
+                .current
+                .lock()
+                .expect("leadership mutex")
+                .as_ref()
+                .is_some_and(|p| p.is_trusted())
+    }
+
+    /// Yields once each time this process becomes leader.
+    pub fn elected(&self) -> impl Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.terms.clone(), |mut terms| async move {
+            terms.changed().await.ok()?;
+            Some(((), terms))
+        })
+    }
+}
+
+/// Campaigns until `stop` is cancelled; returns the handle to query leadership. On stop,
+/// a leader deletes the election Lease.
+pub fn campaign(
+    client: kube::Client,
+    config: LeaderConfig,
+    stop: CancellationToken,
+) -> Result<(Leadership, tokio::task::JoinHandle<()>)> {
+    config.timing.validate()?;
+    let (tx, terms) = watch::channel(0u64);
+    let leadership = Leadership {
+        always: false,
+        current: Arc::default(),
+        terms,
+    };
+    let current = leadership.current.clone();
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let task = tokio::spawn(async move {
+        let mut seen: Option<(String, Instant)> = None;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            match try_take(&api, &config, &mut seen).await {
+                Ok(Some(heartbeat)) => {
+                    tracing::info!(lease = %config.lease_name, identity = %config.identity, "became leader");
+                    *current.lock().expect("leadership mutex") = Some(heartbeat.pulse().clone());
+                    tx.send_modify(|t| *t += 1);
+                    tokio::select! {
+                        _ = heartbeat.lost() => {
+                            tracing::error!(lease = %config.lease_name, "lost leadership; back to standby");
+                        }
+                        _ = stop.cancelled() => {}
+                    }
+                    *current.lock().expect("leadership mutex") = None;
+                    if stop.is_cancelled() {
+                        if let Err(e) = heartbeat.stop().await {
+                            tracing::warn!(error = %e.chain(), "failed to give up the election Lease");
+                        }
+                        return;
+                    }
+                    seen = None;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), "leader election attempt failed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(config.timing.renew_interval) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+    Ok((leadership, task))
+}
+
+/// One attempt to become leader. `seen` is the last resourceVersion of the Lease we saw
+/// and when we first saw it.
+async fn try_take(
+    api: &Api<Lease>,
+    config: &LeaderConfig,
+    seen: &mut Option<(String, Instant)>,
+) -> Result<Option<Heartbeat>> {
+    let call = |step: &'static str| move |e: kube::Error| classify(step, &config.namespace, e);
+    let now_wall = MicroTime(Timestamp::now());
+    let current = tokio::time::timeout(config.call_timeout, api.get_opt(&config.lease_name))
+        .await
+        .map_err(|_| crate::error::timed_out("read election lease", config.call_timeout))?
+        .map_err(call("read election lease"))?;
+    let sent = Instant::now();
+    let Some(mut lease) = current else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(config.lease_name.clone()),
+                namespace: Some(config.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(config.identity.clone()),
+                lease_duration_seconds: Some(config.timing.lease_duration.as_secs() as i32),
+                acquire_time: Some(now_wall.clone()),
+                renew_time: Some(now_wall),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        return match tokio::time::timeout(
+            config.call_timeout,
+            api.create(&PostParams::default(), &lease),
+        )
+        .await
+        {
+            Ok(Ok(created)) => Ok(Some(renewing(api, created, sent, config))),
+            Ok(Err(e)) if is_status(&e, 409, "AlreadyExists") => Ok(None),
+            Ok(Err(e)) => Err(call("create election lease")(e)),
+            Err(_) => Ok(None),
+        };
+    };
+    let rv = lease.metadata.resource_version.clone().unwrap_or_default();
+    let now = Instant::now();
+    let first_seen = match seen {
+        Some((v, at)) if *v == rv => *at,
+        _ => {
+            *seen = Some((rv, now));
+            now
+        }
+    };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+    let expired = holder.is_empty() || now.saturating_duration_since(first_seen) >= duration;
+    if !expired {
+        return Ok(None);
+    }
+    tracing::info!(previous = %holder, "election Lease expired; taking over");
+    spec.holder_identity = Some(config.identity.clone());
+    spec.lease_duration_seconds = Some(config.timing.lease_duration.as_secs() as i32);
+    spec.acquire_time = Some(now_wall.clone());
+    spec.renew_time = Some(now_wall);
+    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    let sent = Instant::now();
+    // The resourceVersion in `lease` makes this conditional: a concurrent taker wins or we do.
+    match tokio::time::timeout(
+        config.call_timeout,
+        api.replace(&config.lease_name, &PostParams::default(), &lease),
+    )
+    .await
+    {
+        Ok(Ok(taken)) => Ok(Some(renewing(api, taken, sent, config))),
+        Ok(Err(e)) if is_status(&e, 409, "Conflict") || is_status(&e, 404, "NotFound") => Ok(None),
+        Ok(Err(e)) => Err(call("take over election lease")(e)),
+        Err(_) => Err(Error::Unreachable {
+            step: "take over election lease",
+            source: "no answer in time".into(),
+        }),
+    }
+}
+
+fn renewing(api: &Api<Lease>, lease: Lease, sent: Instant, config: &LeaderConfig) -> Heartbeat {
+    Heartbeat::renewing(api.clone(), lease, sent, config.timing, config.call_timeout)
+}
