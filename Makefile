@@ -31,6 +31,10 @@ test-unit: ## Unit tests (no cluster needed), including the CRD-in-sync check.
 test-e2e: ## End-to-end tests on a local control plane (or $$ISSUELOCK_E2E_KUBECONFIG's cluster).
 	bash e2e/run.sh
 
+.PHONY: bench
+bench: ## Print acquire/release latency percentiles and throughput vs raw API calls.
+	bash e2e/bench.sh
+
 .PHONY: assets
 assets: ## Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kubectl, helm.
 	bash e2e/assets.sh

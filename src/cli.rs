@@ -55,6 +55,8 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Run the controller that reclaims locks whose holder died.
     Controller(ControllerArgs),
+    /// Measure acquire and release latency against the raw API calls (the floor).
+    Bench(BenchArgs),
     /// Print the lock object name derived from an issue key.
     LockName {
         /// The issue key.
@@ -165,6 +167,18 @@ pub struct ListArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Operations per measured phase.
+    #[arg(long, default_value_t = 500)]
+    pub iterations: usize,
+    /// Operations in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub holder: HolderArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct ShowArgs {
     /// The issue key.
     pub issue: String,
@@ -211,6 +225,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run_locked(args).await,
         Command::List(args) => list(args).await,
         Command::Show(args) => show(args).await,
+        Command::Bench(args) => bench(args).await,
         Command::Release(args) => force_release(args).await,
         Command::Controller(args) => controller(args).await,
         Command::LockName { issue } => crate::key::IssueKey::parse(&issue)
@@ -490,6 +505,31 @@ async fn list(args: ListArgs) -> Result<ExitCode, Error> {
         Output::Yaml => print!("{}", serde_yaml::to_string(&locks.items).expect("yaml")),
         Output::Table => print!("{}", crate::table::render(&locks.items, all_namespaces)),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench(args: BenchArgs) -> Result<ExitCode, Error> {
+    let BenchArgs {
+        iterations,
+        concurrency,
+        holder,
+    } = args;
+    if iterations < 16 {
+        return Err(Error::Config("bench needs at least 16 iterations".into()));
+    }
+    let client = kube_client().await?;
+    let locks = lock_client(holder, None).await?;
+    let report = crate::bench::run(
+        client,
+        locks.clone(),
+        crate::bench::BenchConfig {
+            iterations,
+            concurrency,
+        },
+    )
+    .await;
+    let _ = locks.shutdown().await;
+    print!("{}", report?);
     Ok(ExitCode::SUCCESS)
 }
 

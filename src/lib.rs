@@ -4,6 +4,7 @@
 //! See the README for the protocol, its guarantees and what it does not guarantee.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -481,9 +481,16 @@ impl Inner {
     }
 
     fn forget(&self, name: &str, uid: &str) {
+        self.take(name, uid);
+    }
+
+    /// Unregisters the guard of `name` if it has `uid`, returning its entry.
+    fn take(&self, name: &str, uid: &str) -> Option<HeldLock> {
         let mut held = self.held.lock().expect("held-locks mutex");
         if held.get(name).is_some_and(|h| h.uid == uid) {
-            held.remove(name);
+            held.remove(name)
+        } else {
+            None
         }
     }
 
@@ -653,11 +660,18 @@ impl LockGuard {
     /// under it may have overlapped with another holder's.
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
+        // Unregister first, so our own delete is not reported as a loss by the watch.
+        let entry = self.inner.take(&self.name, &self.uid);
         let result = self.inner.delete(&self.name, &self.uid, &self.issue).await;
-        match &result {
+        if let (Err(e), Some(entry)) = (&result, entry)
+            && !matches!(e, Error::LockLost { .. })
+        {
             // A transient failure keeps the lock registered, so shutdown retries it.
-            Err(e) if !matches!(e, Error::LockLost { .. }) => {}
-            _ => self.inner.forget(&self.name, &self.uid),
+            self.inner
+                .held
+                .lock()
+                .expect("held-locks mutex")
+                .insert(self.name.clone(), entry);
         }
         self.lost.cancel();
         result

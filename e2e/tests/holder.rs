@@ -168,3 +168,41 @@ async fn heartbeat_writes_do_not_grow_with_the_number_of_locks() {
     one.shutdown().await.unwrap();
     delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn the_benchmark_prints_figures_against_the_floor() {
+    let client = client().await;
+    let ns = namespace(&client, "bench").await;
+    let out = issuelock()
+        .args([
+            "bench",
+            "-n",
+            &ns,
+            "--identity",
+            "bench",
+            "--iterations",
+            "32",
+            "--concurrency",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for needle in [
+        "raw create (floor)",
+        "try_acquire (free issue)",
+        "release",
+        "ratio to the floor",
+        "VmRSS",
+    ] {
+        assert!(stdout.contains(needle), "{needle}: {stdout}");
+    }
+    assert!(
+        kubectl_ok(&["get", "issuelocks", "-n", &ns, "-o", "name"])
+            .trim()
+            .is_empty(),
+        "bench cleans up"
+    );
+    delete_namespace(&client, &ns).await;
+}

@@ -65,14 +65,22 @@ async fn a_standby_takes_over_and_reclaims_when_the_leader_is_killed() {
         "{metrics}"
     );
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let reclaims: Vec<_> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("HolderLeaseExpired"))
-        .collect();
+    let reclaim_events = || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("HolderLeaseExpired"))
+            .collect::<Vec<_>>()
+    };
+    eventually(Duration::from_secs(5), "reclaim event", || async {
+        (!reclaim_events().await.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reclaims = reclaim_events().await;
     assert_eq!(
         reclaims.len(),
         1,

@@ -30,6 +30,19 @@ async fn wait_gone(client: &kube::Client, ns: &str, issue: &str, limit: Duration
     .await
 }
 
+/// Waits until an Event with `reason` exists in `ns` (Events are published just after
+/// the reclaim they report).
+async fn wait_event(client: &kube::Client, ns: &str, reason: &str) {
+    eventually(Duration::from_secs(5), reason, || async {
+        event_reasons(client, ns)
+            .await
+            .iter()
+            .any(|r| r == reason)
+            .then_some(())
+    })
+    .await
+}
+
 async fn event_reasons(client: &kube::Client, ns: &str) -> Vec<String> {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
     api.list(&ListParams::default())
@@ -138,11 +151,7 @@ async fn a_sigkilled_holder_is_reclaimed_after_the_lease_duration_and_not_before
         since_last_heartbeat >= LEASE - 0.1,
         "reclaimed before the lease expired: {since_last_heartbeat}"
     );
-    assert!(
-        event_reasons(&client, &ns)
-            .await
-            .contains(&"HolderLeaseExpired".to_owned())
-    );
+    wait_event(&client, &ns, "HolderLeaseExpired").await;
 
     // The dead holder's Lease is cleaned up too once it is expired and unreferenced.
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
@@ -371,11 +380,7 @@ async fn max_hold_time_is_enforced_by_the_holder_and_the_controller() {
         "controller reclaimed a 2 s max-hold lock after {:.3}s",
         t.elapsed().as_secs_f64()
     );
-    assert!(
-        event_reasons(&client, &ns)
-            .await
-            .contains(&"MaxHoldExceeded".to_owned())
-    );
+    wait_event(&client, &ns, "MaxHoldExceeded").await;
     assert!(matches!(
         guard.release().await,
         Err(issuelock::Error::LockLost { .. })
