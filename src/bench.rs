@@ -61,6 +61,20 @@ pub async fn run(
     let api: Api<IssueLock> = Api::namespaced(client, &ns);
     let run_id = std::process::id();
 
+    // Warm up connections and the API server's caches (not measured).
+    for i in 0..32 {
+        let lock = IssueLock::new(
+            &format!("warmup-{run_id}-{i}"),
+            spec(&format!("warmup/{i}"), locks.holder().clone()),
+        );
+        api.create(&PostParams::default(), &lock)
+            .await
+            .map_err(|e| classify("create lock", &ns, e))?;
+        api.delete(&format!("warmup-{run_id}-{i}"), &DeleteParams::default())
+            .await
+            .map_err(|e| classify("delete lock", &ns, e))?;
+    }
+
     // Floor: raw create and delete of IssueLock objects.
     let created = timed("raw create (floor)", iterations, concurrency, |i| {
         let api = api.clone();

@@ -139,7 +139,20 @@ pub struct LockClient {
     inner: Arc<Inner>,
 }
 
+/// Counts of [`LockClient::try_acquire`] outcomes since the client started, for workers
+/// to export as metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcquireStats {
+    /// Calls that took the lock.
+    pub acquired: u64,
+    /// Calls that found it held.
+    pub held: u64,
+    /// Calls that failed with an error.
+    pub failed: u64,
+}
+
 struct Inner {
+    stats: Mutex<AcquireStats>,
     api: Api<IssueLock>,
     config: LockConfig,
     holder: Holder,
@@ -191,6 +204,7 @@ impl LockClient {
             user: config.user.clone(),
         };
         let inner = Arc::new(Inner {
+            stats: Mutex::new(AcquireStats::default()),
             api: Api::namespaced(client, &config.namespace),
             config,
             holder,
@@ -301,6 +315,22 @@ impl LockClient {
     /// Errors: [`Error::InvalidKey`] before any call; [`Error::NameCollision`] if another
     /// key's lock has this key's name; API errors classified by [`classify`].
     pub async fn try_acquire(&self, issue: &str) -> Result<Acquisition> {
+        let outcome = self.acquire_once(issue).await;
+        let mut stats = self.inner.stats.lock().expect("stats mutex");
+        match &outcome {
+            Ok(Acquisition::Acquired(_)) => stats.acquired += 1,
+            Ok(Acquisition::Held(_)) => stats.held += 1,
+            Err(_) => stats.failed += 1,
+        }
+        outcome
+    }
+
+    /// Outcomes of `try_acquire` so far.
+    pub fn stats(&self) -> AcquireStats {
+        *self.inner.stats.lock().expect("stats mutex")
+    }
+
+    async fn acquire_once(&self, issue: &str) -> Result<Acquisition> {
         let key = IssueKey::parse(issue)?;
         if !self.is_healthy() {
             return Err(Error::HeartbeatUnhealthy);

@@ -206,3 +206,46 @@ async fn the_benchmark_prints_figures_against_the_floor() {
     );
     delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn a_lost_heartbeat_marks_every_guard_lost_and_refuses_new_acquires() {
+    let client = client().await;
+    let ns = namespace(&client, "heartbeat-lost").await;
+    let locks = lock_client(&client, &ns, "w").await;
+    let guards: Vec<_> = futures::stream::iter(["a", "b", "c"])
+        .then(|k| {
+            let locks = locks.clone();
+            async move {
+                match locks.try_acquire(k).await.unwrap() {
+                    Acquisition::Acquired(g) => g,
+                    Acquisition::Held(_) => panic!("free"),
+                }
+            }
+        })
+        .collect()
+        .await;
+    assert!(locks.is_healthy());
+    // Someone deletes our heartbeat Lease: at the next renewal we are no longer trusted.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    leases
+        .delete(&locks.holder().lease, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), locks.heartbeat_lost())
+        .await
+        .expect("heartbeat lost");
+    for g in &guards {
+        tokio::time::timeout(Duration::from_secs(1), g.lost())
+            .await
+            .expect("every guard is lost");
+        assert!(g.is_lost());
+    }
+    assert!(!locks.is_healthy());
+    let err = locks.try_acquire("d").await.unwrap_err();
+    assert!(matches!(err, Error::HeartbeatUnhealthy), "{err:?}");
+    assert!(
+        lock_of(&client, &ns, "d").await.is_none(),
+        "nothing created"
+    );
+    delete_namespace(&client, &ns).await;
+}

@@ -89,3 +89,64 @@ async fn a_standby_takes_over_and_reclaims_when_the_leader_is_killed() {
     assert_eq!(reclaims[0].count.unwrap_or(1), 1);
     delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn a_paused_leader_stops_acting_and_the_standby_takes_over() {
+    let client = client().await;
+    let ns = namespace(&client, "leader-paused").await;
+    let a = ControllerProcess::start(&ns);
+    let b = ControllerProcess::start(&ns);
+    let leading = |c: &ControllerProcess| {
+        metric(&c.get("/metrics").unwrap(), "issuelock_leader").unwrap() == 1.0
+    };
+    eventually(Duration::from_secs(10), "a leads", || async {
+        leading(&a).then_some(())
+    })
+    .await;
+    assert!(!leading(&b));
+
+    signal_group(a.child.id(), "STOP");
+    let paused = Instant::now();
+    eventually(Duration::from_secs(15), "standby leads", || async {
+        leading(&b).then_some(())
+    })
+    .await;
+    let took_over = paused.elapsed().as_secs_f64();
+    let dead = WorkerProcess::start(&ns, "dead", "org/repo#paused", None, 300);
+    eventually(Duration::from_secs(15), "lock taken", || async {
+        lock_of(&client, &ns, "org/repo#paused").await
+    })
+    .await;
+    dead.signal("KILL");
+    eventually(
+        Duration::from_secs(15),
+        "reclaimed by the new leader",
+        || async {
+            lock_of(&client, &ns, "org/repo#paused")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The old leader resumes past its renew deadline: it knows it no longer leads.
+    signal_group(a.child.id(), "CONT");
+    let resumed = Instant::now();
+    eventually(Duration::from_secs(3), "old leader steps down", || async {
+        (!leading(&a)).then_some(())
+    })
+    .await;
+    println!(
+        "leader SIGSTOPped: standby led after {took_over:.3}s; resumed leader reported standby after {:.3}s",
+        resumed.elapsed().as_secs_f64()
+    );
+    assert!(took_over <= 8.0, "{took_over}");
+    assert!(leading(&b), "one leader at a time");
+    let a_metrics = a.get("/metrics").unwrap();
+    assert!(
+        a_metrics.contains("issuelock_reclaims_total{reason=\"lease_expired\"} 0"),
+        "{a_metrics}"
+    );
+    delete_namespace(&client, &ns).await;
+}

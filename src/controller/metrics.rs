@@ -26,6 +26,8 @@ pub struct Metrics {
     pub leader: AtomicI64,
     /// Seconds since the oldest still-live heartbeat was last seen changing.
     pub max_heartbeat_age_millis: AtomicI64,
+    /// Locks the controller has seen created (successful acquires, cluster-wide).
+    pub acquisitions: AtomicU64,
 }
 
 impl Metrics {
@@ -123,6 +125,13 @@ impl Metrics {
         let sum = self.reconcile_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "issuelock_reconcile_duration_seconds_sum {sum}");
         let _ = writeln!(out, "issuelock_reconcile_duration_seconds_count {count}");
+        out.push_str("# HELP issuelock_acquisitions_total Locks seen created since this controller started (successful acquires).\n");
+        out.push_str("# TYPE issuelock_acquisitions_total counter\n");
+        let _ = writeln!(
+            out,
+            "issuelock_acquisitions_total {}",
+            self.acquisitions.load(Ordering::Relaxed)
+        );
         let gauges = [
             (
                 "issuelock_locks_held",

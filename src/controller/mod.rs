@@ -141,10 +141,25 @@ pub async fn run(
 
     // Readiness: every cache has completed its first list.
     let synced = Synced::new(3, ready);
+    let counted = ctx.clone();
+    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
     let lock_stream = watcher(lock_api, watcher::Config::default())
         .default_backoff()
         .reflect(lock_writer)
         .inspect(synced.tracker(0))
+        .inspect(move |event| match event {
+            // A lock uid seen for the first time after the initial list is a new acquisition.
+            Ok(watcher::Event::Apply(lock)) if known.insert(lock.uid().unwrap_or_default()) => {
+                counted.metrics.acquisitions.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(watcher::Event::InitApply(lock)) => {
+                known.insert(lock.uid().unwrap_or_default());
+            }
+            Ok(watcher::Event::Delete(lock)) => {
+                known.remove(&lock.uid().unwrap_or_default());
+            }
+            _ => {}
+        })
         .touched_objects();
 
     let obs_ctx = ctx.clone();
