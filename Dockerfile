@@ -1,7 +1,7 @@
 # A small static controller image running as non-root. Build with:
 #   docker build -t ghcr.io/issuelock/issuelock:0.1.0 .
 FROM rust:1.95-alpine AS build
-RUN apk add --no-cache musl-dev
+RUN apk add --no-cache musl-dev gcc
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

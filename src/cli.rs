@@ -533,13 +533,13 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn show(args: ShowArgs) -> Result<ExitCode, Error> {
-    let ShowArgs {
-        issue,
-        namespace,
-        output,
-    } = args;
-    let key = crate::key::IssueKey::parse(&issue)?;
+/// Reads the lock of `issue` in `namespace` (default: the kubeconfig's); `None` (after
+/// telling the user) when the issue is not locked.
+async fn read_issue_lock(
+    issue: &str,
+    namespace: Option<String>,
+) -> Result<Option<(Api<IssueLock>, IssueLock)>, Error> {
+    let key = crate::key::IssueKey::parse(issue)?;
     let client = kube_client().await?;
     let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
     let api: Api<IssueLock> = Api::namespaced(client, &ns);
@@ -547,8 +547,23 @@ async fn show(args: ShowArgs) -> Result<ExitCode, Error> {
         .get_opt(&key.lock_name())
         .await
         .map_err(|e| classify("read lock", &ns, e))?;
-    let Some(lock) = lock else {
+    if lock.is_none() {
         eprintln!("issuelock: issue {issue:?} is not locked in namespace {ns:?}");
+    }
+    Ok(lock.map(|l| (api, l)))
+}
+
+fn api_namespace(lock: &IssueLock) -> String {
+    lock.metadata.namespace.clone().unwrap_or_default()
+}
+
+async fn show(args: ShowArgs) -> Result<ExitCode, Error> {
+    let ShowArgs {
+        issue,
+        namespace,
+        output,
+    } = args;
+    let Some((_, lock)) = read_issue_lock(&issue, namespace).await? else {
         return Ok(ExitCode::from(EXIT_FAILURE));
     };
     match output {
@@ -572,18 +587,10 @@ async fn force_release(args: ReleaseArgs) -> Result<ExitCode, Error> {
                 .into(),
         ));
     }
-    let client = kube_client().await?;
-    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-    let api: Api<IssueLock> = Api::namespaced(client, &ns);
-    let name = key.lock_name();
-    let Some(lock) = api
-        .get_opt(&name)
-        .await
-        .map_err(|e| classify("read lock", &ns, e))?
-    else {
-        eprintln!("issuelock: issue {issue:?} is not locked in namespace {ns:?}");
+    let Some((api, lock)) = read_issue_lock(&issue, namespace).await? else {
         return Ok(ExitCode::from(EXIT_FAILURE));
     };
+    let (name, ns) = (key.lock_name(), api_namespace(&lock));
     // Delete exactly the lock we looked at, never a newer one.
     let params = kube::api::DeleteParams::default().preconditions(kube::api::Preconditions {
         uid: lock.metadata.uid.clone(),

@@ -732,6 +732,10 @@ impl Drop for LockGuard {
 }
 
 #[cfg(test)]
+#[path = "lock_mock_tests.rs"]
+mod mock_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -285,6 +285,16 @@ fn trim_pod(pod: &mut Pod) {
     });
 }
 
+/// A Lease's `leaseDurationSeconds` (15 s when unset, at least 1 s).
+fn lease_duration(lease: &Lease) -> Duration {
+    let secs = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_duration_seconds)
+        .unwrap_or(15);
+    Duration::from_secs(secs.max(1) as u64)
+}
+
 fn lease_key(lease: &Lease) -> LeaseKey {
     (lease.namespace().unwrap_or_default(), lease.name_any())
 }
@@ -429,14 +439,8 @@ async fn lease_facts(
         &lease.resource_version().unwrap_or_default(),
         now,
     );
-    let duration = lease
-        .spec
-        .as_ref()
-        .and_then(|s| s.lease_duration_seconds)
-        .unwrap_or(15)
-        .max(1) as u64;
     Ok(LeaseFacts::Present {
-        duration: Duration::from_secs(duration),
+        duration: lease_duration(&lease),
         unchanged_for: now.saturating_duration_since(seen.at),
     })
 }
@@ -596,15 +600,7 @@ async fn sweep_orphaned_leases(ctx: Arc<Context>) {
             let Some(seen) = ctx.observations.get(&key) else {
                 continue;
             };
-            let duration = lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.lease_duration_seconds)
-                .unwrap_or(15)
-                .max(1) as u64;
-            if now.saturating_duration_since(seen.at)
-                < Duration::from_secs(duration) + LEASE_SWEEP_GRACE
-            {
+            if now.saturating_duration_since(seen.at) < lease_duration(&lease) + LEASE_SWEEP_GRACE {
                 continue;
             }
             let referenced = ctx.locks.state().iter().any(|l| {
