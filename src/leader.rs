@@ -186,7 +186,11 @@ async fn try_take(
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     let holder = spec.holder_identity.clone().unwrap_or_default();
     let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
-    let expired = holder.is_empty() || now.saturating_duration_since(first_seen) >= duration;
+    // Still ours (we stepped down after failing to renew, and nobody took over): take it
+    // back at once; the write is conditional, so a concurrent taker wins or we do.
+    let expired = holder.is_empty()
+        || holder == config.identity
+        || now.saturating_duration_since(first_seen) >= duration;
     if !expired {
         return Ok(None);
     }

@@ -447,3 +447,58 @@ async fn the_cluster_garbage_collector_follows_the_ownership_chain_without_the_c
     );
     delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_outage_neither_crashes_the_controller_nor_reclaims_live_locks() {
+    let client = client().await;
+    let ns = namespace(&client, "outage").await;
+    let proxy = OutageProxy::start().await;
+    let scratch = Scratch::new("outage");
+    let mut ctl = ControllerProcess::start_as(&ns, Some(&proxy.kubeconfig(&scratch.0)), &[]);
+    let _alive = WorkerProcess::start(&ns, "alive", "org/repo#alive", None, 300);
+    let dead = WorkerProcess::start(&ns, "dead", "org/repo#dead", None, 300);
+    let alive_lock = wait_taken(&client, &ns, "org/repo#alive").await;
+    wait_taken(&client, &ns, "org/repo#dead").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The controller loses the API server for 10 s; meanwhile a holder dies.
+    proxy.cut();
+    dead.signal("KILL");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        ctl.child.try_wait().unwrap().is_none(),
+        "the controller survives the outage"
+    );
+    assert!(
+        lock_of(&client, &ns, "org/repo#dead").await.is_some(),
+        "nothing is reclaimed without the API server"
+    );
+    let restored = Instant::now();
+    proxy.restore();
+
+    let gone = wait_gone(&client, &ns, "org/repo#dead", Duration::from_secs(30)).await;
+    println!(
+        "after a 10 s API outage, the dead holder's lock was reclaimed {:.3}s after the API came back",
+        (gone - restored).as_secs_f64()
+    );
+    assert!(
+        (gone - restored).as_secs_f64() <= LEASE + 2.0,
+        "reclaim resumes promptly after the outage"
+    );
+    let still = lock_of(&client, &ns, "org/repo#alive")
+        .await
+        .expect("live lock kept");
+    assert_eq!(still.metadata.uid, alive_lock.metadata.uid);
+    assert!(ctl.child.try_wait().unwrap().is_none());
+    let metrics = ctl.get("/metrics").unwrap();
+    println!(
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("issuelock_reconcile_errors_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    ctl.kill();
+    delete_namespace(&client, &ns).await;
+}

@@ -160,7 +160,8 @@ pub async fn run(
             }
             _ => {}
         })
-        .touched_objects();
+        .touched_objects()
+        .filter_map(retried_by_watcher);
 
     let obs_ctx = ctx.clone();
     let lease_stream = watcher(
@@ -186,7 +187,10 @@ pub async fn run(
                 Some(Ok(lease))
             }
             Ok(_) => None,
-            Err(e) => Some(Err(e)),
+            Err(e) => {
+                tracing::debug!(error = %e, "lease watch failed; retrying with backoff");
+                None
+            }
         };
         std::future::ready(out)
     });
@@ -196,7 +200,8 @@ pub async fn run(
         .modify(trim_pod)
         .reflect(pod_writer)
         .inspect(synced.tracker(2))
-        .touched_objects();
+        .touched_objects()
+        .filter_map(retried_by_watcher);
 
     tokio::spawn(sweep_orphaned_leases(ctx.clone()));
 
@@ -270,6 +275,21 @@ impl Synced {
             }
         }
     }
+}
+
+/// Drops watch errors from a trigger stream after logging them: each watch retries with
+/// its own backoff, and an error reaching the controller would pause *every* trigger
+/// (including the reconcile-all on election) behind the controller's trigger backoff.
+fn retried_by_watcher<K>(
+    item: Result<K, watcher::Error>,
+) -> std::future::Ready<Option<Result<K, watcher::Error>>> {
+    std::future::ready(match item {
+        Ok(object) => Some(Ok(object)),
+        Err(e) => {
+            tracing::debug!(error = %e, "watch failed; retrying with backoff");
+            None
+        }
+    })
 }
 
 /// Keeps only what [`judge`] needs of a Pod: metadata identity and phase.
@@ -362,6 +382,7 @@ async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, Recon
         }
         verdict = judge(&facts);
     }
+    tracing::debug!(lock = %lock.name_any(), ?verdict, ?facts, "judged");
     match verdict {
         Verdict::Stale(reason) => {
             reclaim(lock, &ns, reason, ctx).await?;
