@@ -103,8 +103,8 @@ for _ in $(seq 200); do
   [[ -n "$victim_issue" ]] && break
   sleep 0.05
 done
+disown "${pids[0]}" 2>/dev/null || true  # no "Killed" job notice
 kill -KILL -- "-${pids[0]}" 2>/dev/null || true
-wait "${pids[0]}" 2>/dev/null || true
 say "SIGKILLed worker-1 while it held $victim_issue; the controller reclaims it after the 6 s lease"
 for p in "${pids[@]:1}"; do wait "$p"; done
 
