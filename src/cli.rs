@@ -281,16 +281,12 @@ pub async fn lock_client(
         renew_deadline_seconds,
         renew_interval_seconds,
     } = args;
-    let seconds = |what: &str, s: f64| {
-        Duration::try_from_secs_f64(s)
-            .map_err(|_| Error::Config(format!("{what} must be a non-negative number of seconds")))
-    };
-    let heartbeat = HeartbeatConfig {
-        lease_duration: Duration::from_secs(lease_duration_seconds),
-        renew_deadline: seconds("renew deadline", renew_deadline_seconds)?,
-        renew_interval: seconds("renew interval", renew_interval_seconds)?,
-    };
-    heartbeat.validate()?;
+    let heartbeat = lease_timing(
+        "",
+        lease_duration_seconds,
+        renew_deadline_seconds,
+        renew_interval_seconds,
+    )?;
     let client = kube_client().await?;
     let me = HolderIdentity::from_env(identity);
     let namespace = namespace
@@ -404,12 +400,12 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> {
         leader_renew_deadline_seconds,
         leader_retry_period_seconds,
     } = args;
-    let timing = HeartbeatConfig {
-        lease_duration: Duration::from_secs(leader_lease_duration_seconds),
-        renew_deadline: seconds("leader renew deadline", leader_renew_deadline_seconds)?,
-        renew_interval: seconds("leader retry period", leader_retry_period_seconds)?,
-    };
-    timing.validate()?;
+    let timing = lease_timing(
+        "leader ",
+        leader_lease_duration_seconds,
+        leader_renew_deadline_seconds,
+        leader_retry_period_seconds,
+    )?;
     let client = kube_client().await?;
     let me = HolderIdentity::from_env(instance);
     let metrics = std::sync::Arc::new(crate::controller::metrics::Metrics::default());
@@ -456,9 +452,27 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn seconds(what: &str, s: f64) -> Result<Duration, Error> {
-    Duration::try_from_secs_f64(s)
-        .map_err(|_| Error::Config(format!("{what} must be a non-negative number of seconds")))
+/// Lease timing from command-line seconds, validated (`what` prefixes error messages).
+fn lease_timing(
+    what: &str,
+    lease: u64,
+    deadline: f64,
+    interval: f64,
+) -> Result<HeartbeatConfig, Error> {
+    let seconds = |name: &str, s: f64| {
+        Duration::try_from_secs_f64(s).map_err(|_| {
+            Error::Config(format!(
+                "{what}{name} must be a non-negative number of seconds"
+            ))
+        })
+    };
+    let timing = HeartbeatConfig {
+        lease_duration: Duration::from_secs(lease),
+        renew_deadline: seconds("renew deadline", deadline)?,
+        renew_interval: seconds("renew interval", interval)?,
+    };
+    timing.validate()?;
+    Ok(timing)
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u8 {

@@ -209,3 +209,43 @@ async fn an_unreachable_api_server_is_named_and_fails_fast() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("kubeconfig"), "{stderr}");
 }
+
+#[test]
+fn inconsistent_heartbeat_timing_is_rejected_before_any_call() {
+    for (flags, message) in [
+        (
+            ["--renew-deadline-seconds", "20"],
+            "lease duration (15s) must be greater than the renew deadline (20s)",
+        ),
+        (
+            ["--renew-interval-seconds", "10"],
+            "renew deadline (10s) must be greater than the renew interval (10s)",
+        ),
+    ] {
+        let out = issuelock()
+            .args(["run", "--issue", "x"])
+            .args(flags)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(message), "{stderr}");
+    }
+    let out = issuelock()
+        .args([
+            "controller",
+            "--leader-lease-duration-seconds",
+            "5",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("lease duration (5s) must be greater than the renew deadline (10s)"),
+        "{stderr}"
+    );
+}
