@@ -3,7 +3,7 @@
 use crate::crd::{self, IssueLock};
 use crate::error::{Error, classify};
 use crate::heartbeat::HeartbeatConfig;
-use crate::holder::{self, HolderIdentity};
+use crate::holder::HolderIdentity;
 use crate::lock::{Acquisition, LockClient, LockConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::api::{Api, ListParams};
@@ -86,6 +86,13 @@ pub struct HolderArgs {
     /// Time between heartbeat renewals (seconds).
     #[arg(long, env = "ISSUELOCK_RENEW_INTERVAL_SECONDS", default_value_t = 2.0)]
     pub renew_interval_seconds: f64,
+    /// Sign every lock with HMAC-SHA256 using the keys in this directory (one file per
+    /// key: file name = key id, contents = secret; e.g. a mounted Secret).
+    #[arg(long, env = "ISSUELOCK_SIGNING_KEYS")]
+    pub signing_keys: Option<std::path::PathBuf>,
+    /// Key id to sign with (default: the greatest key id in the directory).
+    #[arg(long, env = "ISSUELOCK_SIGNING_KEY_ID", requires = "signing_keys")]
+    pub signing_key_id: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +158,13 @@ pub struct ControllerArgs {
         default_value_t = 1.0
     )]
     pub leader_retry_period_seconds: f64,
+    /// Verify lock signatures with the keys in this directory (see `run --signing-keys`)
+    /// and report them in the `SignatureValid` condition.
+    #[arg(long, env = "ISSUELOCK_VERIFY_KEYS")]
+    pub verify_keys: Option<std::path::PathBuf>,
+    /// Reclaim locks whose signature is missing, unknown or invalid.
+    #[arg(long, env = "ISSUELOCK_REQUIRE_SIGNATURES", requires = "verify_keys")]
+    pub require_signatures: bool,
 }
 
 #[derive(Args, Debug)]
@@ -280,7 +294,13 @@ pub async fn lock_client(
         lease_duration_seconds,
         renew_deadline_seconds,
         renew_interval_seconds,
+        signing_keys,
+        signing_key_id,
     } = args;
+    let keys = signing_keys
+        .map(|dir| crate::signature::Keyring::from_dir(&dir, signing_key_id.as_deref()))
+        .transpose()?
+        .map(std::sync::Arc::new);
     let heartbeat = lease_timing(
         "",
         lease_duration_seconds,
@@ -293,16 +313,16 @@ pub async fn lock_client(
         .or_else(|| me.pod_namespace.clone())
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let call_timeout = Duration::from_secs(call_timeout_seconds);
-    let user = holder::username(&client, call_timeout).await;
     LockClient::start(
         client,
         LockConfig {
             namespace,
             identity: me,
-            user,
+            user: None,
             max_hold,
             call_timeout,
             heartbeat,
+            keys,
         },
     )
     .await
@@ -399,7 +419,13 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> {
         leader_lease_duration_seconds,
         leader_renew_deadline_seconds,
         leader_retry_period_seconds,
+        verify_keys,
+        require_signatures,
     } = args;
+    let keys = verify_keys
+        .map(|dir| crate::signature::Keyring::from_dir(&dir, None))
+        .transpose()?
+        .map(std::sync::Arc::new);
     let timing = lease_timing(
         "leader ",
         leader_lease_duration_seconds,
@@ -434,6 +460,8 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> {
     let config = crate::controller::ControllerConfig {
         namespace,
         instance: me.identity,
+        keys,
+        require_signatures,
     };
     let shutdown = {
         let stop = stop.clone();

@@ -14,6 +14,7 @@ pub mod holder;
 pub mod key;
 pub mod leader;
 pub mod lock;
+pub mod signature;
 pub mod table;
 
 pub use crd::{Holder, HolderPod, IssueLock, IssueLockSpec, IssueLockStatus};

@@ -18,6 +18,7 @@ use crate::error::{Error, Result, classify, is_status, timed_out};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::holder::HolderIdentity;
 use crate::key::IssueKey;
+use crate::signature::Keyring;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
@@ -85,7 +86,8 @@ pub struct LockConfig {
     pub namespace: String,
     /// Who this process is.
     pub identity: HolderIdentity,
-    /// The Kubernetes username recorded in each lock, when known.
+    /// The Kubernetes username recorded in each lock; `None` asks the API server
+    /// (SelfSubjectReview) at start.
     pub user: Option<String>,
     /// Optional hard cap on how long each lock may be held.
     pub max_hold: Option<Duration>,
@@ -93,6 +95,8 @@ pub struct LockConfig {
     pub call_timeout: Duration,
     /// Heartbeat timing.
     pub heartbeat: HeartbeatConfig,
+    /// Keys to sign each lock with (HMAC-SHA256), if any.
+    pub keys: Option<Arc<Keyring>>,
 }
 
 impl LockConfig {
@@ -105,6 +109,7 @@ impl LockConfig {
             max_hold: None,
             call_timeout: Duration::from_secs(10),
             heartbeat: HeartbeatConfig::default(),
+            keys: None,
         }
     }
 }
@@ -197,11 +202,15 @@ impl LockClient {
             config.call_timeout,
         )
         .await?;
+        let user = match config.user.clone() {
+            Some(user) => Some(user),
+            None => crate::holder::username(&client, config.call_timeout).await,
+        };
         let holder = Holder {
             identity: config.identity.identity.clone(),
             pod: config.identity.pod.clone(),
             lease,
-            user: config.user.clone(),
+            user,
         };
         let inner = Arc::new(Inner {
             stats: Mutex::new(AcquireStats::default()),
@@ -437,6 +446,9 @@ impl Inner {
                 holder,
             },
         );
+        if let Some(keys) = &self.config.keys {
+            lock.spec.signature = Some(keys.sign(&self.config.namespace, name, &lock.spec));
+        }
         lock.metadata = ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(self.config.namespace.clone()),

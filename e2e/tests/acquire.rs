@@ -6,6 +6,7 @@ use kube::api::{Api, DeleteParams};
 
 #[tokio::test]
 async fn sixty_four_racers_one_winner_and_tokens_increase() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "race").await;
     let mut racers = vec![];

@@ -45,7 +45,19 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     );
 
     let release = "il";
-    let worker_values = format!("workers[0].namespace={work},workers[0].serviceAccount=worker");
+    let worker_values = format!(
+        "workers[0].namespace={work},workers[0].serviceAccount=worker,workers[1].namespace={work},workers[1].serviceAccount=thief"
+    );
+    // The admission policy is cluster-wide; limit it to this test's namespace so that
+    // concurrent tests (whose locks record no user) are not affected.
+    kubectl_ok(&[
+        "label",
+        "namespace",
+        &work,
+        &format!("issuelock-e2e-vap={work}"),
+    ]);
+    let vap_selector =
+        format!("admissionPolicy.namespaceSelector.matchLabels.issuelock-e2e-vap={work}");
     let (ok, rendered, err) = helm(&[
         "template",
         release,
@@ -59,9 +71,21 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         "--set",
         "dashboards.enabled=true",
         "--set",
+        "signatures.secretName=issuelock-keys",
+        "--set",
+        "signatures.require=true",
+        "--set",
         "metrics.serviceMonitor.enabled=false",
     ]);
     assert!(ok, "{err}");
+    assert!(
+        rendered.contains("--require-signatures")
+            && rendered.contains("secretName: issuelock-keys")
+    );
+    assert!(
+        rendered.contains("kind: ValidatingAdmissionPolicy")
+            && rendered.contains("readOnlyRootFilesystem: true")
+    );
     let dry = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &rendered);
     assert!(
         dry.status.success(),
@@ -78,6 +102,8 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         "--take-ownership",
         "--set",
         &worker_values,
+        "--set",
+        &vap_selector,
         "--set",
         "crds.keep=true",
     ]);
@@ -187,6 +213,55 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
             .then_some(())
     })
     .await;
+    // The admission policy binds the lock to its creator (checked with server-side dry
+    // runs, which admission policies see too, so nothing is deleted while it activates).
+    let name = lock.metadata.name.clone().unwrap();
+    let thief = format!("system:serviceaccount:{work}:thief");
+    let denied = eventually(
+        Duration::from_secs(15),
+        "admission policy active",
+        || async {
+            let out = kubectl(&[
+                "delete",
+                "issuelock",
+                &name,
+                "-n",
+                &work,
+                "--as",
+                &thief,
+                "--dry-run=server",
+            ]);
+            (!out.status.success()).then(|| text(&out).1)
+        },
+    )
+    .await;
+    assert!(denied.contains("only the lock's creator"), "{denied}");
+    let forged = format!(
+        "apiVersion: issuelock.dev/v1alpha1\nkind: IssueLock\nmetadata:\n  name: forged\n  namespace: {work}\n\
+         spec:\n  issue: forged\n  holder:\n    identity: chart-worker-0\n    lease: x\n    user: system:serviceaccount:{work}:worker\n"
+    );
+    let out = kubectl_stdin(&["create", "--as", &thief, "-f", "-"], &forged);
+    let (_, err) = text(&out);
+    assert!(
+        !out.status.success() && err.contains("spec.holder.user must be the creating user"),
+        "{err}"
+    );
+    let own = kubectl(&[
+        "delete",
+        "issuelock",
+        &name,
+        "-n",
+        &work,
+        "--as",
+        &format!("system:serviceaccount:{work}:worker"),
+        "--dry-run=server",
+    ]);
+    assert!(
+        own.status.success(),
+        "the creator may delete its lock: {}",
+        text(&own).1
+    );
+
     let killed = Instant::now();
     w.signal("KILL");
     eventually(Duration::from_secs(15), "lock reclaimed", || async {

@@ -102,6 +102,7 @@ async fn process_safely_reports_completed_held_and_lost() {
 
 #[tokio::test]
 async fn heartbeat_writes_do_not_grow_with_the_number_of_locks() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "heartbeat-cost").await;
     let one = lock_client(&client, &ns, "holds-one").await;
@@ -171,6 +172,7 @@ async fn heartbeat_writes_do_not_grow_with_the_number_of_locks() {
 
 #[tokio::test]
 async fn the_benchmark_prints_figures_against_the_floor() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "bench").await;
     let out = issuelock()

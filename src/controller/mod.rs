@@ -15,6 +15,7 @@ pub mod staleness;
 use crate::crd::{HEARTBEAT_LABEL, HOLDER_LEASE_LABEL, IssueLock};
 use crate::error::{Error, classify, is_status};
 use crate::leader::Leadership;
+use crate::signature::{Keyring, Verification};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
@@ -53,6 +54,10 @@ pub struct ControllerConfig {
     pub namespace: Option<String>,
     /// Name reported on Events.
     pub instance: String,
+    /// Keys to verify lock signatures with; the `SignatureValid` condition reports them.
+    pub keys: Option<Arc<Keyring>>,
+    /// Reclaim locks whose signature does not verify.
+    pub require_signatures: bool,
 }
 
 /// State shared by every reconcile.
@@ -67,6 +72,8 @@ pub struct Context {
     ready: Arc<std::sync::atomic::AtomicBool>,
     /// Only the leader reclaims and writes status.
     leadership: Leadership,
+    keys: Option<Arc<Keyring>>,
+    require_signatures: bool,
     /// Metrics of this process.
     pub metrics: Arc<Metrics>,
 }
@@ -129,6 +136,8 @@ pub async fn run(
         metrics,
         ready: ready.clone(),
         leadership: leadership.clone(),
+        keys: config.keys.clone(),
+        require_signatures: config.require_signatures,
     });
     let gauge = ctx.clone();
     tokio::spawn(async move {
@@ -356,7 +365,13 @@ async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, Recon
         return Ok(Action::await_change());
     }
     let ns = lock.namespace().unwrap_or_default();
+    let signature = ctx
+        .keys
+        .as_ref()
+        .map(|k| k.verify(&ns, &lock.name_any(), &lock.spec));
     let mut facts = Facts {
+        signature_rejected: ctx.require_signatures
+            && !signature.as_ref().is_some_and(Verification::is_valid),
         recorded_pod_uid: lock.spec.holder.pod.as_ref().map(|p| p.uid.clone()),
         pod: pod_facts_cached(lock, ctx),
         lease: lease_facts(lock, ctx, false).await?,
@@ -389,7 +404,7 @@ async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, Recon
             Ok(Action::await_change())
         }
         Verdict::Live { recheck_in } => {
-            write_alive_status(lock, &ns, ctx).await?;
+            write_alive_status(lock, &ns, signature.as_ref(), ctx).await?;
             Ok(Action::requeue(recheck_in + RECHECK_MARGIN))
         }
     }
@@ -540,6 +555,7 @@ async fn reclaim(
 async fn write_alive_status(
     lock: &IssueLock,
     ns: &str,
+    signature: Option<&Verification>,
     ctx: &Context,
 ) -> Result<(), ReconcileError> {
     let key = (ns.to_owned(), lock.spec.holder.lease.clone());
@@ -552,38 +568,58 @@ async fn write_alive_status(
         .store(age.as_millis() as i64, Ordering::Relaxed);
     let observed = Timestamp::now() - SignedDuration::try_from(age).unwrap_or_default();
     let status = lock.status.clone().unwrap_or_default();
-    let alive = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "HolderAlive" && c.status == "True");
-    let recorded = status.last_heartbeat_observed.as_ref().map(|t| t.0);
-    let stale_record =
-        recorded.is_none_or(|r| (observed.duration_since(r)).abs() >= SignedDuration::from_secs(5));
-    if alive && !stale_record {
-        return Ok(());
-    }
-    let since = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "HolderAlive" && c.status == "True")
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(Timestamp::now()));
-    let condition = Condition {
-        type_: "HolderAlive".into(),
-        status: "True".into(),
-        reason: "HeartbeatObserved".into(),
-        message: format!(
+    let recorded = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
+    let mut wanted = vec![(
+        "HolderAlive",
+        "True",
+        "HeartbeatObserved",
+        format!(
             "heartbeat Lease {} is being renewed",
             lock.spec.holder.lease
         ),
-        last_transition_time: since,
-        observed_generation: lock.metadata.generation,
-    };
+    )];
+    if let Some(v) = signature {
+        let message = match v {
+            Verification::Valid { key_id } => format!("signed with key {key_id}"),
+            Verification::Missing => "the lock carries no signature".to_owned(),
+            Verification::UnknownKey { key_id } => format!("signed with unknown key {key_id}"),
+            Verification::Mismatch { key_id } => {
+                format!("the signature (key {key_id}) does not match the lock: forged or edited")
+            }
+        };
+        let status = if v.is_valid() { "True" } else { "False" };
+        wanted.push(("SignatureValid", status, v.reason(), message));
+    }
+    let conditions_current = wanted.iter().all(|(t, st, reason, _)| {
+        recorded(t).is_some_and(|c| c.status == *st && c.reason == *reason)
+    });
+    let heartbeat_current = status
+        .last_heartbeat_observed
+        .as_ref()
+        .is_some_and(|r| observed.duration_since(r.0).abs() < SignedDuration::from_secs(5));
+    if conditions_current && heartbeat_current {
+        return Ok(());
+    }
+    let conditions: Vec<Condition> = wanted
+        .into_iter()
+        .map(|(type_, st, reason, message)| Condition {
+            type_: type_.into(),
+            status: st.into(),
+            reason: reason.into(),
+            message,
+            // Keep the transition time while the status stays the same.
+            last_transition_time: recorded(type_)
+                .filter(|c| c.status == st)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or(Time(Timestamp::now())),
+            observed_generation: lock.metadata.generation,
+        })
+        .collect();
     let patch = json!({
         "apiVersion": IssueLock::api_version(&()),
         "kind": IssueLock::kind(&()),
         "status": {
-            "conditions": [condition],
+            "conditions": conditions,
             "lastHeartbeatObserved": Time(observed),
         }
     });

@@ -20,17 +20,20 @@ pub enum Reason {
     LeaseExpired,
     /// The lock is older than its `maxHoldSeconds`.
     MaxHoldExceeded,
+    /// Signatures are required and this lock's is missing, unknown or does not match.
+    SignatureInvalid,
 }
 
 impl Reason {
     /// Every reason, for exporting metrics with zero values.
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::PodDeleted,
         Reason::PodReplaced,
         Reason::PodTerminated,
         Reason::LeaseMissing,
         Reason::LeaseExpired,
         Reason::MaxHoldExceeded,
+        Reason::SignatureInvalid,
     ];
 
     /// Metric label value.
@@ -42,6 +45,7 @@ impl Reason {
             Reason::LeaseMissing => "lease_missing",
             Reason::LeaseExpired => "lease_expired",
             Reason::MaxHoldExceeded => "max_hold_exceeded",
+            Reason::SignatureInvalid => "signature_invalid",
         }
     }
 
@@ -54,6 +58,7 @@ impl Reason {
             Reason::LeaseMissing => "HolderLeaseMissing",
             Reason::LeaseExpired => "HolderLeaseExpired",
             Reason::MaxHoldExceeded => "MaxHoldExceeded",
+            Reason::SignatureInvalid => "SignatureInvalid",
         }
     }
 
@@ -100,6 +105,8 @@ pub enum LeaseFacts {
 /// Everything [`judge`] looks at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Facts {
+    /// Signatures are required and this lock's does not verify (a forged record).
+    pub signature_rejected: bool,
     /// The pod uid recorded in the lock, if any.
     pub recorded_pod_uid: Option<String>,
     /// The holder's pod.
@@ -128,9 +135,13 @@ pub enum Verdict {
 /// holder's API server and the controller.
 pub const MAX_HOLD_GRACE: Duration = Duration::from_secs(2);
 
-/// Decides whether a lock is stale. Pod evidence first (it is the fastest and surest),
+/// Decides whether a lock is stale. A rejected signature first (the record is not to be
+/// trusted at all), then pod evidence (it is the fastest and surest),
 /// then the Lease, then max hold.
 pub fn judge(facts: &Facts) -> Verdict {
+    if facts.signature_rejected {
+        return Verdict::Stale(Reason::SignatureInvalid);
+    }
     match (&facts.pod, &facts.recorded_pod_uid) {
         (PodFacts::Missing, _) => return Verdict::Stale(Reason::PodDeleted),
         (PodFacts::Present { uid, .. }, Some(recorded)) if uid != recorded => {
@@ -176,6 +187,7 @@ mod tests {
 
     fn live() -> Facts {
         Facts {
+            signature_rejected: false,
             recorded_pod_uid: Some("u1".into()),
             pod: PodFacts::Present {
                 uid: "u1".into(),
@@ -255,6 +267,13 @@ mod tests {
         assert_eq!(judge(&f), Verdict::Stale(Reason::MaxHoldExceeded));
         f.age = None;
         assert!(matches!(judge(&f), Verdict::Live { .. }));
+    }
+
+    #[test]
+    fn a_rejected_signature_is_stale_even_with_a_live_holder() {
+        let mut f = live();
+        f.signature_rejected = true;
+        assert_eq!(judge(&f), Verdict::Stale(Reason::SignatureInvalid));
     }
 
     #[test]
