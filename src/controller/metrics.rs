@@ -24,7 +24,7 @@ pub struct Metrics {
     pub holders_alive: AtomicI64,
     /// 1 while this replica is the leader (reclaims), else 0.
     pub leader: AtomicI64,
-    /// Seconds since the oldest still-live heartbeat was last seen changing.
+    /// Milliseconds since the stalest held lock's holder Lease was last seen changing.
     pub max_heartbeat_age_millis: AtomicI64,
     /// Locks the controller has seen created (successful acquires, cluster-wide).
     pub acquisitions: AtomicU64,
@@ -150,7 +150,7 @@ impl Metrics {
             ),
             (
                 "issuelock_heartbeat_age_seconds",
-                "Largest time since a live holder's Lease was last seen changing.",
+                "Largest time since a held lock's holder Lease was last seen changing.",
                 self.max_heartbeat_age_millis.load(Ordering::Relaxed) as f64 / 1000.0,
             ),
         ];

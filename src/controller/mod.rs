@@ -78,6 +78,34 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
 }
 
+impl Context {
+    /// Refreshes the gauges: leadership, locks held, and the largest time since a held
+    /// lock's holder Lease was last seen changing.
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.leader
+            .store(self.leadership.is_leading() as i64, Ordering::Relaxed);
+        let locks = self.locks.state();
+        m.locks_held.store(locks.len() as i64, Ordering::Relaxed);
+        let now = Instant::now();
+        let oldest = locks
+            .iter()
+            .filter_map(|l| {
+                let key = (
+                    l.namespace().unwrap_or_default(),
+                    l.spec.holder.lease.clone(),
+                );
+                self.observations
+                    .get(&key)
+                    .map(|seen| now.saturating_duration_since(seen.at))
+            })
+            .max()
+            .unwrap_or_default();
+        m.max_heartbeat_age_millis
+            .store(oldest.as_millis() as i64, Ordering::Relaxed);
+    }
+}
+
 /// Runs the controller until `shutdown` completes. Watch errors and API outages are
 /// retried with backoff; they never end the controller.
 pub async fn run(
@@ -142,9 +170,8 @@ pub async fn run(
     let gauge = ctx.clone();
     tokio::spawn(async move {
         loop {
-            let leading = gauge.leadership.is_leading() as i64;
-            gauge.metrics.leader.store(leading, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            gauge.update_gauges();
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
 
@@ -353,9 +380,6 @@ async fn reconcile(lock: Arc<IssueLock>, ctx: Arc<Context>) -> Result<Action, Re
     let started = Instant::now();
     let result = reconcile_lock(&lock, &ctx).await;
     ctx.metrics.reconciled(started.elapsed());
-    ctx.metrics
-        .locks_held
-        .store(ctx.locks.state().len() as i64, Ordering::Relaxed);
     result
 }
 
@@ -563,9 +587,6 @@ async fn write_alive_status(
         return Ok(());
     };
     let age = Instant::now().saturating_duration_since(seen.at);
-    ctx.metrics
-        .max_heartbeat_age_millis
-        .store(age.as_millis() as i64, Ordering::Relaxed);
     let observed = Timestamp::now() - SignedDuration::try_from(age).unwrap_or_default();
     let status = lock.status.clone().unwrap_or_default();
     let recorded = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
