@@ -301,9 +301,11 @@ async fn renew_loop(
         .and_then(|s| s.holder_identity.clone());
     let mut next = Instant::now() + config.renew_interval;
     loop {
+        // Wake at the next renewal or at the deadline, whichever comes first, so the lost
+        // signal fires on time even while renewals keep failing.
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(next) => {}
+            _ = tokio::time::sleep_until(next.min(pulse.deadline())) => {}
         }
         let deadline = pulse.deadline();
         if Instant::now() >= deadline {
@@ -330,6 +332,8 @@ async fn renew_loop(
             }
             Ok(Err(e)) if is_status(&e, 409, "Conflict") => {
                 // Someone else wrote our Lease: continue only if it still names us.
+                let budget =
+                    call_timeout.min(pulse.deadline().saturating_duration_since(Instant::now()));
                 match tokio::time::timeout(budget, api.get_opt(&name)).await {
                     Ok(Ok(Some(fresh)))
                         if fresh.spec.as_ref().and_then(|s| s.holder_identity.clone())

@@ -47,17 +47,22 @@ impl HolderIdentity {
     /// A fresh heartbeat Lease name for one run of this holder: a slug of the identity plus
     /// a random suffix, so two processes with the same identity never share a Lease.
     pub fn new_lease_name(&self) -> String {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default(),
-        );
-        let suffix = hex_prefix(&h.finish().to_be_bytes(), 10);
-        format!("{}-{suffix}", slug(&self.identity, 40, "holder"))
+        format!("{}-{}", slug(&self.identity, 40, "holder"), random_suffix())
     }
+}
+
+/// Ten random lower-case hex digits (from the standard library's randomly seeded hasher,
+/// the process id and the time).
+pub fn random_suffix() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hex_prefix(&h.finish().to_be_bytes(), 10)
 }
 
 fn hostname() -> String {

@@ -32,6 +32,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Annotation carrying the nonce of the acquire call that created a lock.
+pub const ACQUIRE_NONCE_ANNOTATION: &str = "issuelock.dev/acquire-nonce";
+
 /// How many times one `try_acquire` retries a create whose outcome was unknown.
 const CREATE_ATTEMPTS: usize = 3;
 
@@ -345,7 +348,10 @@ impl LockClient {
             return Err(Error::HeartbeatUnhealthy);
         }
         let name = key.lock_name();
-        let desired = self.inner.desired_lock(&key, &name);
+        // A nonce unique to this call: a read-back adopts only the object this very call
+        // created, never one another task of this client took (same Lease, same identity).
+        let nonce = crate::holder::random_suffix();
+        let desired = self.inner.desired_lock(&key, &name, &nonce);
         let started = Instant::now();
         let mut outcome_unknown = false;
         for _ in 0..CREATE_ATTEMPTS {
@@ -365,7 +371,12 @@ impl LockClient {
                         .map(Acquisition::Acquired);
                 }
                 Ok(Err(e)) if is_status(&e, 409, "AlreadyExists") => {}
-                Ok(Err(e)) if !is_transport(&e) => {
+                // 429 and 5xx (e.g. 504 from a proxy) may hide a committed create too.
+                Ok(Err(e))
+                    if !is_transport(&e)
+                        && !crate::error::status(&e)
+                            .is_some_and(|s| s.code == 429 || s.code >= 500) =>
+                {
                     return Err(classify("create lock", self.namespace(), e));
                 }
                 // Timed out or the connection broke: the create may have happened.
@@ -391,7 +402,7 @@ impl LockClient {
                         other: existing.spec.issue,
                     });
                 }
-                Some(existing) if outcome_unknown && self.inner.is_ours(&existing) => {
+                Some(existing) if outcome_unknown && self.inner.created_by(&existing, &nonce) => {
                     return self
                         .inner
                         .guard(key, existing, started)
@@ -435,7 +446,7 @@ impl Inner {
             .map_err(|_| timed_out(step, self.config.call_timeout))
     }
 
-    fn desired_lock(&self, key: &IssueKey, name: &str) -> IssueLock {
+    fn desired_lock(&self, key: &IssueKey, name: &str, nonce: &str) -> IssueLock {
         let holder = self.holder.clone();
         let mut lock = IssueLock::new(
             name,
@@ -456,6 +467,10 @@ impl Inner {
                 HOLDER_LEASE_LABEL.to_owned(),
                 self.holder.lease.clone(),
             )])),
+            annotations: Some(BTreeMap::from([(
+                ACQUIRE_NONCE_ANNOTATION.to_owned(),
+                nonce.to_owned(),
+            )])),
             // The cluster's garbage collector deletes the lock with its holder's Lease.
             owner_references: Some(vec![OwnerReference {
                 api_version: "coordination.k8s.io/v1".into(),
@@ -469,10 +484,18 @@ impl Inner {
         lock
     }
 
-    /// A lock is ours when it names our heartbeat Lease, which is unique to this process run.
-    fn is_ours(&self, lock: &IssueLock) -> bool {
+    /// True when `lock` is the object created by the acquire call that used `nonce`: it
+    /// names our heartbeat Lease (unique to this process run) and carries that nonce.
+    fn created_by(&self, lock: &IssueLock, nonce: &str) -> bool {
         lock.spec.holder.lease == self.holder.lease
             && lock.spec.holder.identity == self.holder.identity
+            && lock
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ACQUIRE_NONCE_ANNOTATION))
+                .map(String::as_str)
+                == Some(nonce)
     }
 
     /// Registers a lock we hold and hands out its guard. `acquired_at` is when the create
@@ -606,12 +629,23 @@ async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken) {
                         .collect()
                 };
                 for (name, _uid) in missing {
-                    if let Ok(Ok(current)) = inner.call("read lock", inner.api.get_opt(&name)).await
-                    {
-                        inner.lost_unless(
+                    // Confirm with a direct read; if it cannot be confirmed, assume the worst.
+                    let mut confirmed = None;
+                    for _ in 0..3 {
+                        if let Ok(Ok(current)) =
+                            inner.call("read lock", inner.api.get_opt(&name)).await
+                        {
+                            confirmed = Some(current);
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    match confirmed {
+                        Some(current) => inner.lost_unless(
                             &name,
                             current.as_ref().and_then(|l| l.metadata.uid.as_deref()),
-                        );
+                        ),
+                        None => inner.lost_unless(&name, None),
                     }
                 }
             }

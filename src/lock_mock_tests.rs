@@ -17,6 +17,8 @@ enum OnCreate {
     Drop,
     /// Answer 201.
     Created,
+    /// Commit the object, then answer 504 Gateway Timeout.
+    CommitThen504,
 }
 
 #[derive(Default)]
@@ -90,6 +92,14 @@ async fn handle(
                     Err("connection reset by peer".into())
                 }
                 OnCreate::Drop => Err("connection reset by peer".into()),
+                OnCreate::CommitThen504 => {
+                    s.lock = Some(lock);
+                    respond(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Timeout",
+                               "code": 504, "message": "the server was unable to return a response in the time allotted"}),
+                    )
+                }
                 OnCreate::Created => {
                     s.lock = Some(lock.clone());
                     respond(StatusCode::CREATED, lock)
@@ -188,4 +198,37 @@ async fn creates_that_never_get_through_fail_with_the_cause() {
         3,
         "three attempts, then give up"
     );
+}
+
+#[tokio::test]
+async fn a_lock_of_another_task_of_this_client_is_never_adopted() {
+    let (locks, server) = client_for(Server {
+        script: vec![OnCreate::Drop],
+        ..Server::default()
+    })
+    .await;
+    // Same Lease and identity (another task of this client holds it), other nonce.
+    server.lock().unwrap().foreign = Some(json!({
+        "apiVersion": "issuelock.dev/v1alpha1", "kind": "IssueLock",
+        "metadata": {"name": IssueKey::parse("org/repo#5").unwrap().lock_name(), "namespace": "ns",
+                     "uid": "sibling", "resourceVersion": "9",
+                     "annotations": {ACQUIRE_NONCE_ANNOTATION: "someone-elses-call"}},
+        "spec": {"issue": "org/repo#5", "holder": {"identity": "me", "lease": locks.holder().lease}}
+    }));
+    let got = locks.try_acquire("org/repo#5").await.unwrap();
+    assert!(matches!(got, Acquisition::Held(_)), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_server_error_on_create_is_treated_as_an_unknown_outcome() {
+    let (locks, server) = client_for(Server {
+        script: vec![OnCreate::CommitThen504],
+        ..Server::default()
+    })
+    .await;
+    let Acquisition::Acquired(guard) = locks.try_acquire("org/repo#6").await.unwrap() else {
+        panic!("a create committed behind a 504 is ours");
+    };
+    assert_eq!(server.lock().unwrap().creates, 1);
+    drop(guard);
 }

@@ -74,11 +74,25 @@ pub struct Context {
     leadership: Leadership,
     keys: Option<Arc<Keyring>>,
     require_signatures: bool,
+    /// When this controller first saw each lock (by uid), on its monotonic clock.
+    first_seen: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
     /// Metrics of this process.
     pub metrics: Arc<Metrics>,
 }
 
 impl Context {
+    /// How long this lock has been held, as far as this controller can tell on its own
+    /// monotonic clock: since it first saw the lock. Never more than the truth, so a max
+    /// hold time is never enforced before the holder's own timer (which starts before its
+    /// create is sent) gives the lock up; after a controller restart, later than that.
+    fn held_for(&self, lock: &IssueLock) -> Duration {
+        let now = Instant::now();
+        let uid = lock.uid().unwrap_or_default();
+        let mut first_seen = self.first_seen.lock().expect("first-seen mutex");
+        let at = *first_seen.entry(uid).or_insert(now);
+        now.saturating_duration_since(at)
+    }
+
     /// Refreshes the gauges: leadership, locks held, and the largest time since a held
     /// lock's holder Lease was last seen changing.
     fn update_gauges(&self) {
@@ -166,6 +180,7 @@ pub async fn run(
         leadership: leadership.clone(),
         keys: config.keys.clone(),
         require_signatures: config.require_signatures,
+        first_seen: Default::default(),
     });
     let gauge = ctx.clone();
     tokio::spawn(async move {
@@ -187,12 +202,20 @@ pub async fn run(
             // A lock uid seen for the first time after the initial list is a new acquisition.
             Ok(watcher::Event::Apply(lock)) if known.insert(lock.uid().unwrap_or_default()) => {
                 counted.metrics.acquisitions.fetch_add(1, Ordering::Relaxed);
+                counted.held_for(lock);
             }
             Ok(watcher::Event::InitApply(lock)) => {
                 known.insert(lock.uid().unwrap_or_default());
+                counted.held_for(lock);
             }
             Ok(watcher::Event::Delete(lock)) => {
-                known.remove(&lock.uid().unwrap_or_default());
+                let uid = lock.uid().unwrap_or_default();
+                counted
+                    .first_seen
+                    .lock()
+                    .expect("first-seen mutex")
+                    .remove(&uid);
+                known.remove(&uid);
             }
             _ => {}
         })
@@ -394,17 +417,17 @@ async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, Recon
         .as_ref()
         .map(|k| k.verify(&ns, &lock.name_any(), &lock.spec));
     let mut facts = Facts {
+        // An unknown key id is most likely a rotation the controller has not loaded yet:
+        // reported in the condition, never reclaimed for.
         signature_rejected: ctx.require_signatures
-            && !signature.as_ref().is_some_and(Verification::is_valid),
+            && matches!(
+                signature,
+                Some(Verification::Missing | Verification::Mismatch { .. })
+            ),
         recorded_pod_uid: lock.spec.holder.pod.as_ref().map(|p| p.uid.clone()),
         pod: pod_facts_cached(lock, ctx),
         lease: lease_facts(lock, ctx, false).await?,
-        age: lock.metadata.creation_timestamp.as_ref().map(|t| {
-            Timestamp::now()
-                .duration_since(t.0)
-                .try_into()
-                .unwrap_or(Duration::ZERO)
-        }),
+        age: Some(ctx.held_for(lock)),
         max_hold: lock
             .spec
             .max_hold_seconds
@@ -412,13 +435,11 @@ async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, Recon
     };
     let mut verdict = judge(&facts);
     // Confirm cached evidence with direct reads before acting on it.
-    if let Verdict::Stale(reason) = verdict {
-        if reason.is_about_pod() {
-            facts.pod = pod_facts_fresh(lock, ctx).await?;
-        }
-        if reason == Reason::LeaseExpired || reason == Reason::LeaseMissing {
-            facts.lease = lease_facts(lock, ctx, true).await?;
-        }
+    // Both the pod and the Lease are re-read, so whatever reason the second judgement
+    // gives rests on fresh evidence only.
+    if let Verdict::Stale(_) = verdict {
+        facts.pod = pod_facts_fresh(lock, ctx).await?;
+        facts.lease = lease_facts(lock, ctx, true).await?;
         verdict = judge(&facts);
     }
     tracing::debug!(lock = %lock.name_any(), ?verdict, ?facts, "judged");

@@ -113,7 +113,8 @@ pub struct Facts {
     pub pod: PodFacts,
     /// The holder's Lease.
     pub lease: LeaseFacts,
-    /// Wall-clock age of the lock (controller's clock minus creationTimestamp), if known.
+    /// How long the lock has been held, on the controller's monotonic clock since it first
+    /// saw the lock (never more than the truth), if known.
     pub age: Option<Duration>,
     /// The lock's max hold time, if any.
     pub max_hold: Option<Duration>,
@@ -131,9 +132,10 @@ pub enum Verdict {
     },
 }
 
-/// Slack added to max-hold decisions on the wall clock, for clock skew between the
-/// holder's API server and the controller.
-pub const MAX_HOLD_GRACE: Duration = Duration::from_secs(2);
+/// Slack added to max-hold decisions. The age is measured from when the controller first
+/// saw the lock, which is after the holder's own max-hold timer started, so no slack is
+/// needed for safety; this only orders the two by a clear margin.
+pub const MAX_HOLD_GRACE: Duration = Duration::from_millis(500);
 
 /// Decides whether a lock is stale. A rejected signature first (the record is not to be
 /// trusted at all), then pod evidence (it is the fastest and surest),
@@ -261,9 +263,14 @@ mod tests {
     fn max_hold_with_grace() {
         let mut f = live();
         f.max_hold = Some(S(60));
-        f.age = Some(S(61));
-        assert_eq!(judge(&f), Verdict::Live { recheck_in: S(1) });
-        f.age = Some(S(62));
+        f.age = Some(S(60));
+        assert_eq!(
+            judge(&f),
+            Verdict::Live {
+                recheck_in: Duration::from_millis(500)
+            }
+        );
+        f.age = Some(Duration::from_millis(60_500));
         assert_eq!(judge(&f), Verdict::Stale(Reason::MaxHoldExceeded));
         f.age = None;
         assert!(matches!(judge(&f), Verdict::Live { .. }));
