@@ -769,8 +769,19 @@ impl Drop for LockGuard {
                 self.issue.clone(),
             );
             rt.spawn(async move {
-                if let Err(e) = inner.delete(&name, &uid, &issue).await {
-                    tracing::warn!(issue = %issue, error = %e.chain(), "background release of a dropped guard failed");
+                // Transient failures are retried with backoff (1, 2, 4, 8 s); a lock left
+                // behind is reclaimed once this process's Lease expires.
+                for attempt in 0..5u32 {
+                    match inner.delete(&name, &uid, &issue).await {
+                        Ok(()) | Err(Error::LockLost { .. }) => return,
+                        Err(e) if e.is_transient() && attempt < 4 => {
+                            tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(issue = %issue, error = %e.chain(), "background release of a dropped guard failed");
+                            return;
+                        }
+                    }
                 }
             });
         }

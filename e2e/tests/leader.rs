@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn a_standby_takes_over_and_reclaims_when_the_leader_is_killed() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "leader").await;
     let mut a = ControllerProcess::start(&ns);

@@ -138,6 +138,7 @@ fn lease_change_clock(client: &kube::Client, ns: &str, lease: &str) -> Arc<Mutex
 
 #[tokio::test]
 async fn a_sigkilled_holder_is_reclaimed_after_the_lease_duration_and_not_before() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "sigkill").await;
     let _ctl = ControllerProcess::start(&ns);

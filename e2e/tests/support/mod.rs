@@ -553,6 +553,6 @@ impl Drop for OutageProxy {
     }
 }
 
-/// Held by the tests that load the machine hardest and by the tests that measure latency
-/// percentiles, so the two never overlap on a 2-core machine.
+/// Held by the tests that load the machine hardest and by the tests that assert latency
+/// bounds, so that on a 2-core machine they never run at the same time.
 pub static QUIET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
