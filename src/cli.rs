@@ -539,15 +539,22 @@ async fn list(args: ListArgs) -> Result<ExitCode, Error> {
         .list(&ListParams::default())
         .await
         .map_err(|e| classify("list locks", &ns, e))?;
+    print_as(output, &locks.items, || {
+        crate::table::render(&locks.items, all_namespaces)
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `value` as JSON or YAML, or `table()` for humans.
+fn print_as<T: serde::Serialize>(output: Output, value: &T, table: impl FnOnce() -> String) {
     match output {
         Output::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&locks.items).expect("json")
+            serde_json::to_string_pretty(value).expect("serializes")
         ),
-        Output::Yaml => print!("{}", serde_yaml::to_string(&locks.items).expect("yaml")),
-        Output::Table => print!("{}", crate::table::render(&locks.items, all_namespaces)),
+        Output::Yaml => print!("{}", serde_yaml::to_string(value).expect("serializes")),
+        Output::Table => print!("{}", table()),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn bench(args: BenchArgs) -> Result<ExitCode, Error> {
@@ -608,11 +615,7 @@ async fn show(args: ShowArgs) -> Result<ExitCode, Error> {
     let Some((_, lock)) = read_issue_lock(&issue, namespace).await? else {
         return Ok(ExitCode::from(EXIT_FAILURE));
     };
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&lock).expect("json")),
-        Output::Yaml => print!("{}", serde_yaml::to_string(&lock).expect("yaml")),
-        Output::Table => print!("{}", crate::table::describe(&lock)),
-    }
+    print_as(output, &lock, || crate::table::describe(&lock));
     Ok(ExitCode::SUCCESS)
 }
 
