@@ -177,6 +177,18 @@ pub fn timed_out(step: &'static str, after: std::time::Duration) -> Error {
     }
 }
 
+/// Runs one API call under `deadline`: the API's own answer, or [`timed_out`]. The answer
+/// is left unclassified so the caller can treat expected statuses (404, 409) itself.
+pub async fn within<T>(
+    step: &'static str,
+    deadline: std::time::Duration,
+    call: impl std::future::Future<Output = kube::Result<T>>,
+) -> Result<kube::Result<T>> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .map_err(|_| timed_out(step, deadline))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@
 //! renew_deadline` (the *slack*), provided the two clocks advance at similar rates.
 
 use crate::crd::{HEARTBEAT_LABEL, HolderPod};
-use crate::error::{Error, Result, classify, is_status};
+use crate::error::{Error, Result, classify, is_status, within};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
@@ -77,6 +77,26 @@ impl HeartbeatConfig {
         }
         Ok(())
     }
+}
+
+/// A Lease's `leaseDurationSeconds` (15 s when unset, at least 1 s).
+pub fn lease_duration(lease: &Lease) -> Duration {
+    let secs = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_duration_seconds)
+        .unwrap_or(15);
+    Duration::from_secs(secs.max(1) as u64)
+}
+
+/// Marks `spec` as freshly acquired by `identity` now, with `config`'s duration: the one
+/// place a Lease gets a holder, for heartbeats and for leader election alike.
+pub(crate) fn acquire(spec: &mut LeaseSpec, identity: &str, config: &HeartbeatConfig) {
+    let now = MicroTime(Timestamp::now());
+    spec.holder_identity = Some(identity.to_owned());
+    spec.lease_duration_seconds = Some(config.lease_duration.as_secs() as i32);
+    spec.acquire_time = Some(now.clone());
+    spec.renew_time = Some(now);
 }
 
 /// Shared health of one heartbeat, read by guards without waiting for the renew task.
@@ -154,8 +174,7 @@ impl Heartbeat {
     ) -> Result<Self> {
         config.validate()?;
         let api: Api<Lease> = Api::namespaced(client, namespace);
-        let now = Timestamp::now();
-        let lease = Lease {
+        let mut lease = Lease {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
                 namespace: Some(namespace.to_owned()),
@@ -175,20 +194,19 @@ impl Heartbeat {
                 ..ObjectMeta::default()
             },
             spec: Some(LeaseSpec {
-                holder_identity: Some(identity.to_owned()),
-                lease_duration_seconds: Some(config.lease_duration.as_secs() as i32),
-                acquire_time: Some(MicroTime(now)),
-                renew_time: Some(MicroTime(now)),
                 lease_transitions: Some(0),
                 ..LeaseSpec::default()
             }),
         };
+        acquire(lease.spec.as_mut().expect("set above"), identity, &config);
         let sent = Instant::now();
-        let created =
-            tokio::time::timeout(call_timeout, api.create(&PostParams::default(), &lease))
-                .await
-                .map_err(|_| crate::error::timed_out("create heartbeat lease", call_timeout))?
-                .map_err(|e| classify("create heartbeat lease", namespace, e))?;
+        let created = within(
+            "create heartbeat lease",
+            call_timeout,
+            api.create(&PostParams::default(), &lease),
+        )
+        .await?
+        .map_err(|e| classify("create heartbeat lease", namespace, e))?;
         Ok(Self::renewing(api, created, sent, config, call_timeout))
     }
 
@@ -261,16 +279,17 @@ impl Heartbeat {
             uid: Some(self.uid.clone()),
             resource_version: None,
         });
-        match tokio::time::timeout(self.call_timeout, self.api.delete(&self.name, &params)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if is_status(&e, 404, "NotFound") || is_status(&e, 409, "Conflict") => {
-                Ok(())
-            }
-            Ok(Err(e)) => Err(classify("delete heartbeat lease", "", e)),
-            Err(_) => Err(crate::error::timed_out(
-                "delete heartbeat lease",
-                self.call_timeout,
-            )),
+        let step = "delete heartbeat lease";
+        match within(
+            step,
+            self.call_timeout,
+            self.api.delete(&self.name, &params),
+        )
+        .await?
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404, "NotFound") || is_status(&e, 409, "Conflict") => Ok(()),
+            Err(e) => Err(classify(step, "", e)),
         }
     }
 }

@@ -9,12 +9,10 @@
 //! any standby may take over. On shutdown the leader deletes the Lease so a standby takes
 //! over at once.
 
-use crate::error::{Error, Result, classify, is_status};
-use crate::heartbeat::{Heartbeat, HeartbeatConfig, Pulse};
+use crate::error::{Result, classify, is_status, within};
+use crate::heartbeat::{Heartbeat, HeartbeatConfig, Pulse, acquire, lease_duration};
 use futures::Stream;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -140,37 +138,35 @@ async fn try_take(
     seen: &mut Option<(String, Instant)>,
 ) -> Result<Option<Heartbeat>> {
     let call = |step: &'static str| move |e: kube::Error| classify(step, &config.namespace, e);
-    let now_wall = MicroTime(Timestamp::now());
-    let current = tokio::time::timeout(config.call_timeout, api.get_opt(&config.lease_name))
-        .await
-        .map_err(|_| crate::error::timed_out("read election lease", config.call_timeout))?
-        .map_err(call("read election lease"))?;
+    let current = within(
+        "read election lease",
+        config.call_timeout,
+        api.get_opt(&config.lease_name),
+    )
+    .await?
+    .map_err(call("read election lease"))?;
     let sent = Instant::now();
     let Some(mut lease) = current else {
+        let mut spec = LeaseSpec {
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        };
+        acquire(&mut spec, &config.identity, &config.timing);
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(config.lease_name.clone()),
                 namespace: Some(config.namespace.clone()),
                 ..ObjectMeta::default()
             },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(config.identity.clone()),
-                lease_duration_seconds: Some(config.timing.lease_duration.as_secs() as i32),
-                acquire_time: Some(now_wall.clone()),
-                renew_time: Some(now_wall),
-                lease_transitions: Some(0),
-                ..LeaseSpec::default()
-            }),
+            spec: Some(spec),
         };
-        return match tokio::time::timeout(
-            config.call_timeout,
-            api.create(&PostParams::default(), &lease),
-        )
-        .await
-        {
+        let step = "create election lease";
+        let params = PostParams::default();
+        return match within(step, config.call_timeout, api.create(&params, &lease)).await {
             Ok(Ok(created)) => Ok(Some(renewing(api, created, sent, config))),
             Ok(Err(e)) if is_status(&e, 409, "AlreadyExists") => Ok(None),
-            Ok(Err(e)) => Err(call("create election lease")(e)),
+            Ok(Err(e)) => Err(call(step)(e)),
+            // No answer: not leading this round; the next attempt reads what happened.
             Err(_) => Ok(None),
         };
     };
@@ -183,9 +179,9 @@ async fn try_take(
             now
         }
     };
+    let duration = lease_duration(&lease);
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     let holder = spec.holder_identity.clone().unwrap_or_default();
-    let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
     // Still ours (we stepped down after failing to renew, and nobody took over): take it
     // back at once; the write is conditional, so a concurrent taker wins or we do.
     let expired = holder.is_empty()
@@ -195,26 +191,22 @@ async fn try_take(
         return Ok(None);
     }
     tracing::info!(previous = %holder, "election Lease expired; taking over");
-    spec.holder_identity = Some(config.identity.clone());
-    spec.lease_duration_seconds = Some(config.timing.lease_duration.as_secs() as i32);
-    spec.acquire_time = Some(now_wall.clone());
-    spec.renew_time = Some(now_wall);
+    acquire(spec, &config.identity, &config.timing);
     spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
     let sent = Instant::now();
     // The resourceVersion in `lease` makes this conditional: a concurrent taker wins or we do.
-    match tokio::time::timeout(
+    let step = "take over election lease";
+    let params = PostParams::default();
+    match within(
+        step,
         config.call_timeout,
-        api.replace(&config.lease_name, &PostParams::default(), &lease),
+        api.replace(&config.lease_name, &params, &lease),
     )
-    .await
+    .await?
     {
-        Ok(Ok(taken)) => Ok(Some(renewing(api, taken, sent, config))),
-        Ok(Err(e)) if is_status(&e, 409, "Conflict") || is_status(&e, 404, "NotFound") => Ok(None),
-        Ok(Err(e)) => Err(call("take over election lease")(e)),
-        Err(_) => Err(Error::Unreachable {
-            step: "take over election lease",
-            source: "no answer in time".into(),
-        }),
+        Ok(taken) => Ok(Some(renewing(api, taken, sent, config))),
+        Err(e) if is_status(&e, 409, "Conflict") || is_status(&e, 404, "NotFound") => Ok(None),
+        Err(e) => Err(call(step)(e)),
     }
 }
 

@@ -14,7 +14,7 @@
 //! cache.
 
 use crate::crd::{HOLDER_LEASE_LABEL, Holder, IssueLock, IssueLockSpec};
-use crate::error::{Error, Result, classify, is_status, timed_out};
+use crate::error::{Error, Result, classify, is_status, within};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::holder::HolderIdentity;
 use crate::key::IssueKey;
@@ -441,9 +441,7 @@ impl Inner {
         step: &'static str,
         fut: impl Future<Output = kube::Result<T>>,
     ) -> Result<kube::Result<T>> {
-        tokio::time::timeout(self.config.call_timeout, fut)
-            .await
-            .map_err(|_| timed_out(step, self.config.call_timeout))
+        within(step, self.config.call_timeout, fut).await
     }
 
     fn desired_lock(&self, key: &IssueKey, name: &str, nonce: &str) -> IssueLock {

@@ -13,7 +13,8 @@ pub mod observations;
 pub mod staleness;
 
 use crate::crd::{HEARTBEAT_LABEL, HOLDER_LEASE_LABEL, IssueLock};
-use crate::error::{Error, classify, is_status};
+use crate::error::{Error, classify, is_status, within};
+use crate::heartbeat::lease_duration;
 use crate::leader::Leadership;
 use crate::signature::{Keyring, Verification};
 use futures::StreamExt;
@@ -364,16 +365,6 @@ fn trim_pod(pod: &mut Pod) {
     });
 }
 
-/// A Lease's `leaseDurationSeconds` (15 s when unset, at least 1 s).
-fn lease_duration(lease: &Lease) -> Duration {
-    let secs = lease
-        .spec
-        .as_ref()
-        .and_then(|s| s.lease_duration_seconds)
-        .unwrap_or(15);
-    Duration::from_secs(secs.max(1) as u64)
-}
-
 fn lease_key(lease: &Lease) -> LeaseKey {
     (lease.namespace().unwrap_or_default(), lease.name_any())
 }
@@ -460,7 +451,16 @@ fn pod_facts_cached(lock: &IssueLock, ctx: &Context) -> PodFacts {
         return PodFacts::NotRecorded;
     };
     let ns = lock.namespace().unwrap_or_default();
-    match ctx.pods.get(&ObjectRef::new(&pod.name).within(&ns)) {
+    pod_facts(
+        ctx.pods
+            .get(&ObjectRef::new(&pod.name).within(&ns))
+            .as_deref(),
+    )
+}
+
+/// What [`judge`] needs of the holder's pod, or of its absence.
+fn pod_facts(pod: Option<&Pod>) -> PodFacts {
+    match pod {
         None => PodFacts::Missing,
         Some(p) => PodFacts::Present {
             uid: p.metadata.uid.clone().unwrap_or_default(),
@@ -476,13 +476,7 @@ async fn pod_facts_fresh(lock: &IssueLock, ctx: &Context) -> Result<PodFacts, Re
     let ns = lock.namespace().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let found = timed("read holder pod", &ns, api.get_opt(&pod.name)).await?;
-    Ok(match found {
-        None => PodFacts::Missing,
-        Some(p) => PodFacts::Present {
-            uid: p.metadata.uid.unwrap_or_default(),
-            phase: p.status.and_then(|s| s.phase),
-        },
-    })
+    Ok(pod_facts(found.as_ref()))
 }
 
 /// Lease facts from the cache and our observations; with `fresh`, from a direct read,
@@ -494,21 +488,19 @@ async fn lease_facts(
 ) -> Result<LeaseFacts, ReconcileError> {
     let ns = lock.namespace().unwrap_or_default();
     let name = &lock.spec.holder.lease;
-    let lease = if fresh {
-        let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ns);
-        timed("read holder lease", &ns, api.get_opt(name))
-            .await?
-            .map(Arc::new)
-    } else {
-        match ctx.leases.get(&ObjectRef::new(name).within(&ns)) {
-            Some(l) => Some(l),
-            // Not in the cache: it may be brand new. Read it before calling it missing.
-            None => {
-                let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ns);
-                timed("read holder lease", &ns, api.get_opt(name))
-                    .await?
-                    .map(Arc::new)
-            }
+    let cached = match fresh {
+        true => None,
+        false => ctx.leases.get(&ObjectRef::new(name).within(&ns)),
+    };
+    let lease = match cached {
+        Some(l) => Some(l),
+        // Asked to read, or not in the cache (it may be brand new): read it before
+        // calling it missing.
+        None => {
+            let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ns);
+            timed("read holder lease", &ns, api.get_opt(name))
+                .await?
+                .map(Arc::new)
         }
     };
     let Some(lease) = lease else {
@@ -531,14 +523,10 @@ async fn timed<T>(
     ns: &str,
     fut: impl std::future::Future<Output = kube::Result<T>>,
 ) -> Result<T, ReconcileError> {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ReconcileError::new(step, classify(step, ns, e))),
-        Err(_) => Err(ReconcileError::new(
-            step,
-            crate::error::timed_out(step, CALL_TIMEOUT),
-        )),
-    }
+    within(step, CALL_TIMEOUT, fut)
+        .await
+        .map_err(|e| ReconcileError::new(step, e))?
+        .map_err(|e| ReconcileError::new(step, classify(step, ns, e)))
 }
 
 /// Deletes a stale lock with `{uid, resourceVersion}` preconditions, then records an
@@ -554,24 +542,17 @@ async fn reclaim(
         uid: lock.metadata.uid.clone(),
         resource_version: lock.metadata.resource_version.clone(),
     });
-    match tokio::time::timeout(CALL_TIMEOUT, api.delete(&lock.name_any(), &params)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) if is_status(&e, 404, "NotFound") || is_status(&e, 409, "Conflict") => {
+    let step = "delete stale lock";
+    match within(step, CALL_TIMEOUT, api.delete(&lock.name_any(), &params))
+        .await
+        .map_err(|e| ReconcileError::new(step, e))?
+    {
+        Ok(_) => {}
+        Err(e) if is_status(&e, 404, "NotFound") || is_status(&e, 409, "Conflict") => {
             tracing::debug!(lock = %lock.name_any(), "lock changed or gone before reclaim; leaving it");
             return Ok(());
         }
-        Ok(Err(e)) => {
-            return Err(ReconcileError::new(
-                "delete stale lock",
-                classify("delete stale lock", ns, e),
-            ));
-        }
-        Err(_) => {
-            return Err(ReconcileError::new(
-                "delete stale lock",
-                crate::error::timed_out("delete stale lock", CALL_TIMEOUT),
-            ));
-        }
+        Err(e) => return Err(ReconcileError::new(step, classify(step, ns, e))),
     }
     ctx.metrics.reclaimed(reason);
     tracing::info!(
@@ -667,22 +648,15 @@ async fn write_alive_status(
     });
     let api: Api<IssueLock> = Api::namespaced(ctx.client.clone(), ns);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    match tokio::time::timeout(
-        CALL_TIMEOUT,
-        api.patch_status(&lock.name_any(), &params, &Patch::Apply(&patch)),
-    )
-    .await
+    let step = "write lock status";
+    let (name, patch) = (lock.name_any(), Patch::Apply(&patch));
+    match within(step, CALL_TIMEOUT, api.patch_status(&name, &params, &patch))
+        .await
+        .map_err(|e| ReconcileError::new(step, e))?
     {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if is_status(&e, 404, "NotFound") => Ok(()),
-        Ok(Err(e)) => Err(ReconcileError::new(
-            "write lock status",
-            classify("write lock status", ns, e),
-        )),
-        Err(_) => Err(ReconcileError::new(
-            "write lock status",
-            crate::error::timed_out("write lock status", CALL_TIMEOUT),
-        )),
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404, "NotFound") => Ok(()),
+        Err(e) => Err(ReconcileError::new(step, classify(step, ns, e))),
     }
 }
 
@@ -715,14 +689,22 @@ async fn sweep_orphaned_leases(ctx: Arc<Context>) {
                 uid: lease.metadata.uid.clone(),
                 resource_version: Some(seen.resource_version.clone()),
             });
-            match tokio::time::timeout(CALL_TIMEOUT, api.delete(&key.1, &params)).await {
+            match within(
+                "delete expired lease",
+                CALL_TIMEOUT,
+                api.delete(&key.1, &params),
+            )
+            .await
+            {
                 Ok(Ok(_)) => {
                     tracing::info!(lease = %key.1, namespace = %key.0, "deleted expired heartbeat Lease that no lock references")
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(lease = %key.1, error = %e, "expired Lease not deleted")
                 }
-                Err(_) => tracing::debug!(lease = %key.1, "deleting expired Lease timed out"),
+                Err(e) => {
+                    tracing::debug!(lease = %key.1, error = %e.chain(), "expired Lease not deleted")
+                }
             }
         }
     }
