@@ -88,10 +88,21 @@ impl Context {
     /// create is sent) gives the lock up; after a controller restart, later than that.
     fn held_for(&self, lock: &IssueLock) -> Duration {
         let now = Instant::now();
+        now.saturating_duration_since(self.first_seen_at(lock, now).0)
+    }
+
+    /// When this controller first saw `lock` (recording `now` if never), and whether that
+    /// is now.
+    fn first_seen_at(&self, lock: &IssueLock, now: Instant) -> (Instant, bool) {
         let uid = lock.uid().unwrap_or_default();
         let mut first_seen = self.first_seen.lock().expect("first-seen mutex");
-        let at = *first_seen.entry(uid).or_insert(now);
-        now.saturating_duration_since(at)
+        match first_seen.get(&uid) {
+            Some(at) => (*at, false),
+            None => {
+                first_seen.insert(uid, now);
+                (now, true)
+            }
+        }
     }
 
     /// Refreshes the gauges: leadership, locks held, and the largest time since a held
@@ -194,20 +205,17 @@ pub async fn run(
     // Readiness: every cache has completed its first list.
     let synced = Synced::new(3, ready);
     let counted = ctx.clone();
-    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
     let lock_stream = watcher(lock_api, watcher::Config::default())
         .default_backoff()
         .reflect(lock_writer)
         .inspect(synced.tracker(0))
         .inspect(move |event| match event {
             // A lock uid seen for the first time after the initial list is a new acquisition.
-            Ok(watcher::Event::Apply(lock)) if known.insert(lock.uid().unwrap_or_default()) => {
+            Ok(watcher::Event::Apply(lock)) if counted.first_seen_at(lock, Instant::now()).1 => {
                 counted.metrics.acquisitions.fetch_add(1, Ordering::Relaxed);
-                counted.held_for(lock);
             }
             Ok(watcher::Event::InitApply(lock)) => {
-                known.insert(lock.uid().unwrap_or_default());
-                counted.held_for(lock);
+                counted.first_seen_at(lock, Instant::now());
             }
             Ok(watcher::Event::Delete(lock)) => {
                 let uid = lock.uid().unwrap_or_default();
@@ -216,7 +224,6 @@ pub async fn run(
                     .lock()
                     .expect("first-seen mutex")
                     .remove(&uid);
-                known.remove(&uid);
             }
             _ => {}
         })
@@ -668,6 +675,16 @@ async fn sweep_orphaned_leases(ctx: Arc<Context>) {
             continue;
         }
         let now = Instant::now();
+        // Leases some lock still names, computed once per sweep.
+        let referenced: std::collections::HashSet<LeaseKey> = ctx
+            .locks
+            .state()
+            .iter()
+            .filter_map(|l| {
+                let lease = l.labels().get(HOLDER_LEASE_LABEL)?;
+                Some((l.namespace().unwrap_or_default(), lease.clone()))
+            })
+            .collect();
         for lease in ctx.leases.state() {
             let key = lease_key(&lease);
             let Some(seen) = ctx.observations.get(&key) else {
@@ -676,12 +693,7 @@ async fn sweep_orphaned_leases(ctx: Arc<Context>) {
             if now.saturating_duration_since(seen.at) < lease_duration(&lease) + LEASE_SWEEP_GRACE {
                 continue;
             }
-            let referenced = ctx.locks.state().iter().any(|l| {
-                l.namespace().as_deref() == Some(key.0.as_str())
-                    && l.labels().get(HOLDER_LEASE_LABEL).map(String::as_str)
-                        == Some(key.1.as_str())
-            });
-            if referenced {
+            if referenced.contains(&key) {
                 continue;
             }
             let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &key.0);
