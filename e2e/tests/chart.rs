@@ -217,20 +217,23 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     // runs, which admission policies see too, so nothing is deleted while it activates).
     let name = lock.metadata.name.clone().unwrap();
     let thief = format!("system:serviceaccount:{work}:thief");
+    let delete_as = |who: &str| {
+        kubectl(&[
+            "delete",
+            "issuelock",
+            &name,
+            "-n",
+            &work,
+            "--as",
+            who,
+            "--dry-run=server",
+        ])
+    };
     let denied = eventually(
         Duration::from_secs(15),
         "admission policy active",
         || async {
-            let out = kubectl(&[
-                "delete",
-                "issuelock",
-                &name,
-                "-n",
-                &work,
-                "--as",
-                &thief,
-                "--dry-run=server",
-            ]);
+            let out = delete_as(&thief);
             (!out.status.success()).then(|| text(&out).1)
         },
     )
@@ -246,16 +249,7 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         !out.status.success() && err.contains("spec.holder.user must be the creating user"),
         "{err}"
     );
-    let own = kubectl(&[
-        "delete",
-        "issuelock",
-        &name,
-        "-n",
-        &work,
-        "--as",
-        &format!("system:serviceaccount:{work}:worker"),
-        "--dry-run=server",
-    ]);
+    let own = delete_as(&format!("system:serviceaccount:{work}:worker"));
     assert!(
         own.status.success(),
         "the creator may delete its lock: {}",
