@@ -5,6 +5,7 @@ use crate::error::{Error, classify};
 use crate::heartbeat::HeartbeatConfig;
 use crate::holder::HolderIdentity;
 use crate::lock::{Acquisition, LockClient, LockConfig};
+use crate::signature::KeyBinding;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::api::{Api, ListParams};
 use std::process::ExitCode;
@@ -162,9 +163,26 @@ pub struct ControllerArgs {
     /// and report them in the `SignatureValid` condition.
     #[arg(long, env = "ISSUELOCK_VERIFY_KEYS")]
     pub verify_keys: Option<std::path::PathBuf>,
-    /// Reclaim locks whose signature is missing, unknown or invalid.
+    /// Reclaim locks whose signature does not verify: at once when it is missing, does
+    /// not match the lock, or was made with a key not bound to the holder (see
+    /// --key-binding); after --unknown-key-grace-seconds when its key id is not among the
+    /// verify keys.
     #[arg(long, env = "ISSUELOCK_REQUIRE_SIGNATURES", requires = "verify_keys")]
     pub require_signatures: bool,
+    /// With --require-signatures: how long a lock signed with an unknown key id is kept,
+    /// counted from when this controller first saw it, so a key rotation can reach every
+    /// verifier first.
+    #[arg(
+        long,
+        env = "ISSUELOCK_UNKNOWN_KEY_GRACE_SECONDS",
+        default_value_t = 120
+    )]
+    pub unknown_key_grace_seconds: u64,
+    /// Which worker a verify key may sign for: `none` (any key, any worker) or
+    /// `service-account` (the key id, before an optional `.version`, must be the name of
+    /// the ServiceAccount in the lock's spec.holder.user).
+    #[arg(long, env = "ISSUELOCK_KEY_BINDING", value_enum, default_value_t = KeyBinding::None)]
+    pub key_binding: KeyBinding,
 }
 
 #[derive(Args, Debug)]
@@ -421,6 +439,8 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> {
         leader_retry_period_seconds,
         verify_keys,
         require_signatures,
+        unknown_key_grace_seconds,
+        key_binding,
     } = args;
     let keys = verify_keys
         .map(|dir| crate::signature::Keyring::from_dir(&dir, None))
@@ -462,6 +482,8 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> {
         instance: me.identity,
         keys,
         require_signatures,
+        unknown_key_grace: Duration::from_secs(unknown_key_grace_seconds),
+        key_binding,
     };
     let shutdown = {
         let stop = stop.clone();

@@ -85,6 +85,19 @@ pub struct HolderPod {
     /// Pod UID; a pod recreated under the same name has a different one.
     #[schemars(length(min = 1, max = 128))]
     pub uid: String,
+    /// Namespace of the pod, when the holder knows it (`POD_NAMESPACE`). Absent means the
+    /// lock's own namespace (locks written before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+}
+
+impl HolderPod {
+    /// The namespace the pod lives in, for a lock in `lock_namespace`: the recorded one,
+    /// else the lock's own. The one place that reads `spec.holder.pod.namespace`.
+    pub fn namespace_or<'a>(&'a self, lock_namespace: &'a str) -> &'a str {
+        self.namespace.as_deref().unwrap_or(lock_namespace)
+    }
 }
 
 /// An HMAC-SHA256 signature with the id of the key that made it.

@@ -99,6 +99,25 @@ pub(crate) fn acquire(spec: &mut LeaseSpec, identity: &str, config: &HeartbeatCo
     spec.renew_time = Some(now);
 }
 
+/// The ownerReference making a heartbeat Lease in `namespace` a dependent of the holder's
+/// `pod`, or `None` when there is no pod or it lives in another namespace.
+///
+/// ownerReferences cannot cross namespaces: the garbage collector looks the owner up in
+/// the dependent's namespace, finds none, and deletes the dependent (and through it every
+/// lock owned by the Lease). A holder whose pod is elsewhere therefore loses this defence
+/// in depth (its Lease and locks are not collected with the pod by the cluster); it keeps
+/// the controller's pod evidence, which reads the pod in `spec.holder.pod.namespace`.
+pub fn pod_owner(pod: Option<&HolderPod>, namespace: &str) -> Option<OwnerReference> {
+    let pod = pod.filter(|p| p.namespace_or(namespace) == namespace)?;
+    Some(OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+        ..OwnerReference::default()
+    })
+}
+
 /// Shared health of one heartbeat, read by guards without waiting for the renew task.
 #[derive(Debug)]
 pub struct Pulse {
@@ -161,8 +180,8 @@ impl Heartbeat {
     /// Creates the Lease `name` (it must not exist) and starts renewing it.
     ///
     /// The Lease is labelled `issuelock.dev/heartbeat=true`, names `identity` as its
-    /// holder, and is owned by `pod` when given (so the cluster's garbage collector
-    /// removes it with the pod).
+    /// holder, and is owned by `pod` when given and in `namespace` (so the cluster's
+    /// garbage collector removes it with the pod); see [`pod_owner`].
     pub async fn start(
         client: kube::Client,
         namespace: &str,
@@ -182,15 +201,7 @@ impl Heartbeat {
                     HEARTBEAT_LABEL.to_owned(),
                     "true".to_owned(),
                 )])),
-                owner_references: pod.map(|p| {
-                    vec![OwnerReference {
-                        api_version: "v1".into(),
-                        kind: "Pod".into(),
-                        name: p.name.clone(),
-                        uid: p.uid.clone(),
-                        ..OwnerReference::default()
-                    }]
-                }),
+                owner_references: pod_owner(pod, namespace).map(|o| vec![o]),
                 ..ObjectMeta::default()
             },
             spec: Some(LeaseSpec {
@@ -412,6 +423,21 @@ mod tests {
                 .validate()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_lease_is_owned_by_its_pod_only_within_one_namespace() {
+        let pod = |namespace: Option<&str>| HolderPod {
+            name: "w".into(),
+            uid: "u".into(),
+            namespace: namespace.map(str::to_owned),
+        };
+        let owner = pod_owner(Some(&pod(Some("workers"))), "workers").unwrap();
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Pod", "u"));
+        // Unrecorded namespace: the lock's own, as before the field existed.
+        assert!(pod_owner(Some(&pod(None)), "workers").is_some());
+        assert_eq!(pod_owner(Some(&pod(Some("ci"))), "workers"), None);
+        assert_eq!(pod_owner(None, "workers"), None);
     }
 
     #[tokio::test(start_paused = true)]

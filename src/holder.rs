@@ -27,11 +27,16 @@ pub struct HolderIdentity {
 
 impl HolderIdentity {
     /// The identity from the environment: `explicit` wins, then `POD_NAME`, then
-    /// `<hostname>-<pid>`. The pod is recorded only when both `POD_NAME` and `POD_UID` are set.
+    /// `<hostname>-<pid>`. The pod is recorded only when both `POD_NAME` and `POD_UID` are
+    /// set, with its namespace from `POD_NAMESPACE` when that is set too.
     pub fn from_env(explicit: Option<String>) -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let pod = match (var(POD_NAME_ENV), var(POD_UID_ENV)) {
-            (Some(name), Some(uid)) => Some(HolderPod { name, uid }),
+            (Some(name), Some(uid)) => Some(HolderPod {
+                name,
+                uid,
+                namespace: var(POD_NAMESPACE_ENV),
+            }),
             _ => None,
         };
         let identity = explicit

@@ -1,11 +1,32 @@
 //! HMAC-SHA256 signatures over a lock's identity, with key ids for rotation.
 //!
-//! The signed message is the canonical encoding of, in order: the namespace, the lock
-//! name, `spec.issue`, `spec.holder.identity`, `.lease`, `.pod.name`, `.pod.uid`, `.user`
-//! and `spec.maxHoldSeconds` (absent fields as empty strings), each written as
-//! `<byte length>:<bytes>\n`, after the line `issuelock.dev/v1alpha1\n`. The tag is
-//! `spec.signature.value` (standard base64) with the key's id in `spec.signature.keyId`.
-//! Tags are compared in constant time. There is no default key.
+//! # The signed message
+//! The canonical encoding of, in order: the namespace, the lock name, `spec.issue`,
+//! `spec.holder.identity`, `.lease`, `.pod.name`, `.pod.uid`, `.user` and
+//! `spec.maxHoldSeconds` (absent fields as empty strings), and then, **only when
+//! `spec.holder.pod.namespace` is set**, that namespace as a tenth field. Each field is
+//! written as `<byte length in decimal>:<bytes>\n`, after the line
+//! `issuelock.dev/v1alpha1\n`. Locks without a pod namespace (every lock written before
+//! the field existed) therefore keep exactly the nine-field message their signature was
+//! made over; and since every field is length-prefixed, a nine-field message never equals
+//! a ten-field one. The tag is `spec.signature.value` (standard base64, padded) with the
+//! key's id in `spec.signature.keyId`. Tags are compared in constant time. There is no
+//! default key.
+//!
+//! # Key ids
+//! A key id is a DNS-1123 label (the *bound name*), optionally followed by `.` and a
+//! second DNS-1123 label (a *version*, for rotation), 63 characters at most: `k1`,
+//! `worker-a`, `worker-a.2026-11`.
+//!
+//! # Key binding
+//! With [`KeyBinding::ServiceAccount`] a signature is accepted only when the key id's
+//! bound name equals the name of the ServiceAccount in `spec.holder.user`
+//! (`system:serviceaccount:<namespace>:<name>`), so a worker holding only its own key
+//! cannot sign a lock in another worker's name. Consequences: such ServiceAccount names
+//! must be DNS-1123 labels (no dots: a ServiceAccount whose name has a dot can never
+//! match, and its locks fail verification); ServiceAccounts of the same name in different
+//! namespaces share one key id; and a lock whose `spec.holder.user` is absent or not a
+//! ServiceAccount fails verification.
 
 use crate::crd::{IssueLockSpec, Signature};
 use crate::error::{Error, Result};
@@ -47,6 +68,12 @@ pub enum Verification {
     UnknownKey { key_id: String },
     /// The tag does not match the lock's contents (forged or edited).
     Mismatch { key_id: String },
+    /// The key is bound to another worker than the lock's holder (see [`KeyBinding`]).
+    KeyNotBound {
+        key_id: String,
+        /// `spec.holder.user`, if any.
+        user: Option<String>,
+    },
 }
 
 impl Verification {
@@ -62,8 +89,67 @@ impl Verification {
             Verification::Missing => "Missing",
             Verification::UnknownKey { .. } => "UnknownKey",
             Verification::Mismatch { .. } => "Mismatch",
+            Verification::KeyNotBound { .. } => "KeyNotBound",
         }
     }
+
+    /// A sentence for the `SignatureValid` condition's message.
+    pub fn message(&self) -> String {
+        match self {
+            Verification::Valid { key_id } => format!("signed with key {key_id}"),
+            Verification::Missing => "the lock carries no signature".to_owned(),
+            Verification::UnknownKey { key_id } => format!("signed with unknown key {key_id}"),
+            Verification::Mismatch { key_id } => {
+                format!("the signature (key {key_id}) does not match the lock: forged or edited")
+            }
+            Verification::KeyNotBound { key_id, user } => format!(
+                "key {key_id} is not bound to the holder's ServiceAccount ({})",
+                user.as_deref().unwrap_or("no user recorded")
+            ),
+        }
+    }
+}
+
+/// Which worker a key may sign for, as the verifier enforces it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyBinding {
+    /// Any key signs for any worker (one shared key, or keys only for rotation).
+    #[default]
+    None,
+    /// A key signs only for the ServiceAccount its id names (see the module docs).
+    ServiceAccount,
+}
+
+impl KeyBinding {
+    /// True when a key with `key_id` may sign a lock created by `user`.
+    pub fn permits(self, key_id: &str, user: Option<&str>) -> bool {
+        match self {
+            KeyBinding::None => true,
+            KeyBinding::ServiceAccount => {
+                let bound = key_id.split_once('.').map_or(key_id, |(name, _)| name);
+                user.and_then(service_account_name) == Some(bound)
+            }
+        }
+    }
+}
+
+/// The name of the ServiceAccount a Kubernetes username denotes
+/// (`system:serviceaccount:<namespace>:<name>`), if it denotes one.
+pub fn service_account_name(user: &str) -> Option<&str> {
+    let rest = user.strip_prefix("system:serviceaccount:")?;
+    let (namespace, name) = rest.split_once(':')?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains(':')).then_some(name)
+}
+
+/// True for a valid key id: a DNS-1123 label, optionally followed by `.` and a second
+/// one, 63 characters at most (see the module docs).
+pub fn is_key_id(id: &str) -> bool {
+    use crate::key::is_dns1123_label;
+    id.len() <= 63
+        && match id.split_once('.') {
+            Some((name, version)) => is_dns1123_label(name) && is_dns1123_label(version),
+            None => is_dns1123_label(id),
+        }
 }
 
 impl Keyring {
@@ -101,9 +187,10 @@ impl Keyring {
             return Err(Error::Config("no keys found".into()));
         }
         for (id, secret) in &keys {
-            if !crate::key::is_dns1123_label(id) {
+            if !is_key_id(id) {
                 return Err(Error::Config(format!(
-                    "key id {id:?} is not a DNS-1123 label"
+                    "key id {id:?} is not a DNS-1123 label, optionally followed by '.' and a \
+                     second one (63 characters at most)"
                 )));
             }
             if secret.len() < MIN_KEY_BYTES {
@@ -136,12 +223,28 @@ impl Keyring {
         }
     }
 
-    /// Checks the signature of a lock.
-    pub fn verify(&self, namespace: &str, name: &str, spec: &IssueLockSpec) -> Verification {
+    /// Checks the signature of a lock named `name` in `namespace`: present, by a key
+    /// `binding` permits for the lock's holder, by a key we have, and matching.
+    pub fn verify(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: &IssueLockSpec,
+        binding: KeyBinding,
+    ) -> Verification {
         let Some(sig) = &spec.signature else {
             return Verification::Missing;
         };
         let key_id = sig.key_id.clone();
+        let user = spec.holder.user.as_deref();
+        // Before the key lookup: a key bound to another worker never becomes valid,
+        // whichever keys a rotation brings.
+        if !binding.permits(&key_id, user) {
+            return Verification::KeyNotBound {
+                key_id,
+                user: user.map(str::to_owned),
+            };
+        }
         let Some(mac) = self.mac(&key_id, namespace, name, spec) else {
             return Verification::UnknownKey { key_id };
         };
@@ -173,19 +276,21 @@ pub fn message(namespace: &str, name: &str, spec: &IssueLockSpec) -> Vec<u8> {
         .max_hold_seconds
         .map(|s| s.to_string())
         .unwrap_or_default();
-    let fields: [&str; 9] = [
+    let pod = h.pod.as_ref();
+    let nine: [&str; 9] = [
         namespace,
         name,
         &spec.issue,
         &h.identity,
         &h.lease,
-        h.pod.as_ref().map_or("", |p| p.name.as_str()),
-        h.pod.as_ref().map_or("", |p| p.uid.as_str()),
+        pod.map_or("", |p| p.name.as_str()),
+        pod.map_or("", |p| p.uid.as_str()),
         h.user.as_deref().unwrap_or(""),
         &max_hold,
     ];
+    let tenth = pod.and_then(|p| p.namespace.as_deref());
     let mut out = b"issuelock.dev/v1alpha1\n".to_vec();
-    for f in fields {
+    for f in nine.into_iter().chain(tenth) {
         out.extend_from_slice(format!("{}:", f.len()).as_bytes());
         out.extend_from_slice(f.as_bytes());
         out.push(b'\n');
@@ -246,6 +351,7 @@ mod tests {
                 pod: Some(HolderPod {
                     name: "w".into(),
                     uid: "u".into(),
+                    namespace: None,
                 }),
                 lease: "w-l".into(),
                 user: Some("system:serviceaccount:ns:w".into()),
@@ -268,6 +374,121 @@ mod tests {
         Keyring::new(keys, signing).unwrap()
     }
 
+    impl Keyring {
+        fn verify_any(&self, ns: &str, name: &str, spec: &IssueLockSpec) -> Verification {
+            self.verify(ns, name, spec, KeyBinding::None)
+        }
+    }
+
+    /// The bytes and tag of a lock without a pod namespace are exactly those of the
+    /// nine-field format (tag computed independently), so existing signatures stay valid.
+    #[test]
+    fn the_nine_field_message_is_unchanged() {
+        let expected = "issuelock.dev/v1alpha1\n2:ns\n4:lock\n10:org/repo#1\n1:w\n3:w-l\n1:w\n1:u\n\
+                        26:system:serviceaccount:ns:w\n2:60\n";
+        assert_eq!(
+            String::from_utf8(message("ns", "lock", &spec())).unwrap(),
+            expected
+        );
+        let keys = ring(&["k1"], None);
+        let sig = keys.sign("ns", "lock", &spec());
+        assert_eq!(sig.value, "prKAkhda4Y6iOQlTVWDHt41KHFfK/Y118Q0LQfcu3vI=");
+        let mut s = spec();
+        s.signature = Some(sig);
+        assert!(keys.verify_any("ns", "lock", &s).is_valid());
+    }
+
+    #[test]
+    fn the_pod_namespace_is_a_tenth_field_only_when_set() {
+        let mut s = spec();
+        s.holder.pod.as_mut().unwrap().namespace = Some("ci".into());
+        let nine = message("ns", "lock", &spec());
+        let ten = message("ns", "lock", &s);
+        assert_eq!(&ten[..nine.len()], &nine[..]);
+        assert_eq!(&ten[nine.len()..], b"2:ci\n");
+        let keys = ring(&["k1"], None);
+        let sig = keys.sign("ns", "lock", &s);
+        assert_eq!(sig.value, "AaBhOPbOW3R4U/jK41tsCkeYTb0/orvCGyhRqaCevJQ=");
+        s.signature = Some(sig);
+        assert!(keys.verify_any("ns", "lock", &s).is_valid());
+        // Moving the pod to another namespace, or dropping the field, breaks the tag.
+        for edit in [Some("workers"), None] {
+            let mut edited = s.clone();
+            edited.holder.pod.as_mut().unwrap().namespace = edit.map(str::to_owned);
+            assert!(matches!(
+                keys.verify_any("ns", "lock", &edited),
+                Verification::Mismatch { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn a_bound_key_signs_only_for_its_service_account() {
+        let keys = ring(&["worker-a", "worker-b.v2"], Some("worker-a"));
+        let signed = |user: Option<&str>, key: &str| {
+            let mut s = spec();
+            s.holder.user = user.map(str::to_owned);
+            let keys = ring(&["worker-a", "worker-b.v2"], Some(key));
+            s.signature = Some(keys.sign("ns", "lock", &s));
+            s
+        };
+        let bound = KeyBinding::ServiceAccount;
+        let a = signed(Some("system:serviceaccount:ci:worker-a"), "worker-a");
+        assert!(keys.verify("ns", "lock", &a, bound).is_valid());
+        // A version suffix binds to the same ServiceAccount (rotation).
+        let b = signed(Some("system:serviceaccount:ci:worker-b"), "worker-b.v2");
+        assert!(keys.verify("ns", "lock", &b, bound).is_valid());
+        // worker-a's key in worker-b's name: a valid tag, refused.
+        let forged = signed(Some("system:serviceaccount:ci:worker-b"), "worker-a");
+        assert!(keys.verify_any("ns", "lock", &forged).is_valid());
+        assert_eq!(
+            keys.verify("ns", "lock", &forged, bound),
+            Verification::KeyNotBound {
+                key_id: "worker-a".into(),
+                user: Some("system:serviceaccount:ci:worker-b".into())
+            }
+        );
+        // No user, or a user that is not a ServiceAccount: refused.
+        for user in [
+            None,
+            Some("worker-a"),
+            Some("system:serviceaccount:worker-a"),
+        ] {
+            let s = signed(user, "worker-a");
+            assert!(matches!(
+                keys.verify("ns", "lock", &s, bound),
+                Verification::KeyNotBound { .. }
+            ));
+        }
+        // Refused before the key lookup: an unknown key id for another worker.
+        let mut unknown = a.clone();
+        unknown.signature.as_mut().unwrap().key_id = "worker-c".into();
+        assert!(matches!(
+            keys.verify("ns", "lock", &unknown, bound),
+            Verification::KeyNotBound { .. }
+        ));
+        assert_eq!(
+            keys.verify("ns", "lock", &spec(), bound),
+            Verification::Missing
+        );
+    }
+
+    #[test]
+    fn key_ids_are_a_label_with_an_optional_version() {
+        for ok in ["k1", "worker-a", "worker-a.2026-11", &"a".repeat(63)] {
+            assert!(is_key_id(ok), "{ok}");
+        }
+        for bad in ["", "K1", "a.b.c", "a.", ".a", "a..b", "-a", &"a".repeat(64)] {
+            assert!(!is_key_id(bad), "{bad}");
+        }
+        assert_eq!(
+            service_account_name("system:serviceaccount:ns:w"),
+            Some("w")
+        );
+        assert_eq!(service_account_name("system:serviceaccount::w"), None);
+        assert_eq!(service_account_name("alice"), None);
+    }
+
     #[test]
     fn base64_round_trips() {
         for n in 0..40 {
@@ -286,28 +507,31 @@ mod tests {
         let mut s = spec();
         s.signature = Some(keys.sign("ns", "lock", &s));
         assert_eq!(
-            keys.verify("ns", "lock", &s),
+            keys.verify_any("ns", "lock", &s),
             Verification::Valid {
                 key_id: "k1".into()
             }
         );
         assert!(matches!(
-            keys.verify("other-ns", "lock", &s),
+            keys.verify_any("other-ns", "lock", &s),
             Verification::Mismatch { .. }
         ));
         let mut edited = s.clone();
         edited.holder.identity = "thief".into();
         assert!(matches!(
-            keys.verify("ns", "lock", &edited),
+            keys.verify_any("ns", "lock", &edited),
             Verification::Mismatch { .. }
         ));
         let mut garbage = s.clone();
         garbage.signature.as_mut().unwrap().value = "!!not base64!!".into();
         assert!(matches!(
-            keys.verify("ns", "lock", &garbage),
+            keys.verify_any("ns", "lock", &garbage),
             Verification::Mismatch { .. }
         ));
-        assert_eq!(keys.verify("ns", "lock", &spec()), Verification::Missing);
+        assert_eq!(
+            keys.verify_any("ns", "lock", &spec()),
+            Verification::Missing
+        );
     }
 
     #[test]
@@ -321,10 +545,10 @@ mod tests {
             "k2",
             "the newest key signs"
         );
-        assert!(rotated.verify("ns", "lock", &s).is_valid());
+        assert!(rotated.verify_any("ns", "lock", &s).is_valid());
         let retired = ring(&["k2"], None);
         assert_eq!(
-            retired.verify("ns", "lock", &s),
+            retired.verify_any("ns", "lock", &s),
             Verification::UnknownKey {
                 key_id: "k1".into()
             }

@@ -6,6 +6,12 @@
 //! lock is requeued at the earliest time it could become stale. Evidence from the caches
 //! is confirmed with a direct read before a lock is deleted, and the delete carries
 //! `{uid, resourceVersion}` preconditions of the object judged.
+//!
+//! A holder's pod is judged in its own namespace (`spec.holder.pod.namespace`, else the
+//! lock's). When the controller watches one namespace only, a pod elsewhere is not in its
+//! cache: it is read directly at every reconcile of such a lock (about once per lease
+//! duration), never called missing from a cache miss, and its deletion is noticed at that
+//! read rather than from a Pod event.
 
 pub mod http;
 pub mod metrics;
@@ -16,7 +22,7 @@ use crate::crd::{HEARTBEAT_LABEL, HOLDER_LEASE_LABEL, IssueLock};
 use crate::error::{Error, classify, is_status, within};
 use crate::heartbeat::lease_duration;
 use crate::leader::Leadership;
-use crate::signature::{Keyring, Verification};
+use crate::signature::{KeyBinding, Keyring, Verification};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
@@ -31,7 +37,7 @@ use kube::{Resource, ResourceExt};
 use metrics::Metrics;
 use observations::{LeaseKey, Observations};
 use serde_json::json;
-use staleness::{Facts, LeaseFacts, PodFacts, Reason, Verdict, judge};
+use staleness::{Facts, LeaseFacts, PodFacts, Reason, SignatureFacts, Verdict, judge};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -57,8 +63,17 @@ pub struct ControllerConfig {
     pub instance: String,
     /// Keys to verify lock signatures with; the `SignatureValid` condition reports them.
     pub keys: Option<Arc<Keyring>>,
-    /// Reclaim locks whose signature does not verify.
+    /// Reclaim locks whose signature does not verify: at once when it is missing, does
+    /// not match or is not bound to the holder; after `unknown_key_grace` when its key id
+    /// is unknown.
     pub require_signatures: bool,
+    /// How long a lock signed with an unknown key id is kept when signatures are required,
+    /// on this controller's monotonic clock from when it first saw the lock (so at least
+    /// this long; longer after a controller restart). Lets a key rotation reach every
+    /// verifier before locks signed with the new key are judged.
+    pub unknown_key_grace: Duration,
+    /// Which worker each key may sign for.
+    pub key_binding: KeyBinding,
 }
 
 /// State shared by every reconcile.
@@ -75,6 +90,10 @@ pub struct Context {
     leadership: Leadership,
     keys: Option<Arc<Keyring>>,
     require_signatures: bool,
+    unknown_key_grace: Duration,
+    key_binding: KeyBinding,
+    /// The only namespace watched, if any (pods elsewhere are not cached).
+    watched_namespace: Option<String>,
     /// When this controller first saw each lock (by uid), on its monotonic clock.
     first_seen: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
     /// Metrics of this process.
@@ -82,6 +101,14 @@ pub struct Context {
 }
 
 impl Context {
+    /// True when pods in `namespace` are in the cache (every namespace is watched, or
+    /// this one is).
+    fn caches_pods_in(&self, namespace: &str) -> bool {
+        self.watched_namespace
+            .as_deref()
+            .is_none_or(|watched| watched == namespace)
+    }
+
     /// How long this lock has been held, as far as this controller can tell on its own
     /// monotonic clock: since it first saw the lock. Never more than the truth, so a max
     /// hold time is never enforced before the holder's own timer (which starts before its
@@ -192,6 +219,9 @@ pub async fn run(
         leadership: leadership.clone(),
         keys: config.keys.clone(),
         require_signatures: config.require_signatures,
+        unknown_key_grace: config.unknown_key_grace,
+        key_binding: config.key_binding,
+        watched_namespace: config.namespace.clone(),
         first_seen: Default::default(),
     });
     let gauge = ctx.clone();
@@ -280,8 +310,14 @@ pub async fn run(
             by_pod
                 .state()
                 .into_iter()
-                .filter(|l| l.namespace().as_deref() == Some(ns.as_str()))
-                .filter(|l| l.spec.holder.pod.as_ref().is_some_and(|p| p.name == name))
+                .filter(|l| {
+                    let lock_ns = l.namespace().unwrap_or_default();
+                    l.spec
+                        .holder
+                        .pod
+                        .as_ref()
+                        .is_some_and(|p| p.name == name && p.namespace_or(&lock_ns) == ns)
+                })
                 .map(|l| ObjectRef::from_obj(&*l))
                 .collect::<Vec<_>>()
         })
@@ -413,17 +449,15 @@ async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, Recon
     let signature = ctx
         .keys
         .as_ref()
-        .map(|k| k.verify(&ns, &lock.name_any(), &lock.spec));
+        .map(|k| k.verify(&ns, &lock.name_any(), &lock.spec, ctx.key_binding));
     let mut facts = Facts {
-        // An unknown key id is most likely a rotation the controller has not loaded yet:
-        // reported in the condition, never reclaimed for.
-        signature_rejected: ctx.require_signatures
-            && matches!(
-                signature,
-                Some(Verification::Missing | Verification::Mismatch { .. })
-            ),
+        signature: SignatureFacts::of(
+            signature.as_ref(),
+            ctx.require_signatures,
+            ctx.unknown_key_grace,
+        ),
         recorded_pod_uid: lock.spec.holder.pod.as_ref().map(|p| p.uid.clone()),
-        pod: pod_facts_cached(lock, ctx),
+        pod: holder_pod_facts(lock, ctx, false).await?,
         lease: lease_facts(lock, ctx, false).await?,
         age: Some(ctx.held_for(lock)),
         max_hold: lock
@@ -436,7 +470,7 @@ async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, Recon
     // Both the pod and the Lease are re-read, so whatever reason the second judgement
     // gives rests on fresh evidence only.
     if let Verdict::Stale(_) = verdict {
-        facts.pod = pod_facts_fresh(lock, ctx).await?;
+        facts.pod = holder_pod_facts(lock, ctx, true).await?;
         facts.lease = lease_facts(lock, ctx, true).await?;
         verdict = judge(&facts);
     }
@@ -453,16 +487,26 @@ async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, Recon
     }
 }
 
-fn pod_facts_cached(lock: &IssueLock, ctx: &Context) -> PodFacts {
+/// What is known of the holder's pod, judged in the pod's own namespace: from the cache
+/// when that namespace is watched and `fresh` is false, else from a direct read (so a pod
+/// outside the watched namespace is never called missing from a cache miss).
+async fn holder_pod_facts(
+    lock: &IssueLock,
+    ctx: &Context,
+    fresh: bool,
+) -> Result<PodFacts, ReconcileError> {
     let Some(pod) = &lock.spec.holder.pod else {
-        return PodFacts::NotRecorded;
+        return Ok(PodFacts::NotRecorded);
     };
-    let ns = lock.namespace().unwrap_or_default();
-    pod_facts(
-        ctx.pods
-            .get(&ObjectRef::new(&pod.name).within(&ns))
-            .as_deref(),
-    )
+    let lock_ns = lock.namespace().unwrap_or_default();
+    let ns = pod.namespace_or(&lock_ns);
+    if !fresh && ctx.caches_pods_in(ns) {
+        let cached = ctx.pods.get(&ObjectRef::new(&pod.name).within(ns));
+        return Ok(pod_facts(cached.as_deref()));
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let found = timed("read holder pod", ns, api.get_opt(&pod.name)).await?;
+    Ok(pod_facts(found.as_ref()))
 }
 
 /// What [`judge`] needs of the holder's pod, or of its absence.
@@ -474,16 +518,6 @@ fn pod_facts(pod: Option<&Pod>) -> PodFacts {
             phase: p.status.as_ref().and_then(|s| s.phase.clone()),
         },
     }
-}
-
-async fn pod_facts_fresh(lock: &IssueLock, ctx: &Context) -> Result<PodFacts, ReconcileError> {
-    let Some(pod) = &lock.spec.holder.pod else {
-        return Ok(PodFacts::NotRecorded);
-    };
-    let ns = lock.namespace().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let found = timed("read holder pod", &ns, api.get_opt(&pod.name)).await?;
-    Ok(pod_facts(found.as_ref()))
 }
 
 /// Lease facts from the cache and our observations; with `fresh`, from a direct read,
@@ -609,16 +643,8 @@ async fn write_alive_status(
         ),
     )];
     if let Some(v) = signature {
-        let message = match v {
-            Verification::Valid { key_id } => format!("signed with key {key_id}"),
-            Verification::Missing => "the lock carries no signature".to_owned(),
-            Verification::UnknownKey { key_id } => format!("signed with unknown key {key_id}"),
-            Verification::Mismatch { key_id } => {
-                format!("the signature (key {key_id}) does not match the lock: forged or edited")
-            }
-        };
         let status = if v.is_valid() { "True" } else { "False" };
-        wanted.push(("SignatureValid", status, v.reason(), message));
+        wanted.push(("SignatureValid", status, v.reason(), v.message()));
     }
     let conditions_current = wanted.iter().all(|(t, st, reason, _)| {
         recorded(t).is_some_and(|c| c.status == *st && c.reason == *reason)

@@ -1,6 +1,7 @@
 //! The one place that decides whether a lock is stale, and why. Pure: every clock
 //! reading is an input, so the decision is unit-tested with a fake clock.
 
+use crate::signature::Verification;
 use std::time::Duration;
 
 /// Why a lock was (or will be) reclaimed. The label values are a small fixed set, used in
@@ -20,13 +21,17 @@ pub enum Reason {
     LeaseExpired,
     /// The lock is older than its `maxHoldSeconds`.
     MaxHoldExceeded,
-    /// Signatures are required and this lock's is missing, unknown or does not match.
+    /// Signatures are required and this lock's is missing, does not match, or was made
+    /// with a key not bound to the holder.
     SignatureInvalid,
+    /// Signatures are required and this lock's key id stayed unknown to the controller
+    /// for the whole unknown-key grace.
+    SignatureKeyUnknown,
 }
 
 impl Reason {
     /// Every reason, for exporting metrics with zero values.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::PodDeleted,
         Reason::PodReplaced,
         Reason::PodTerminated,
@@ -34,6 +39,7 @@ impl Reason {
         Reason::LeaseExpired,
         Reason::MaxHoldExceeded,
         Reason::SignatureInvalid,
+        Reason::SignatureKeyUnknown,
     ];
 
     /// Metric label value.
@@ -46,6 +52,7 @@ impl Reason {
             Reason::LeaseExpired => "lease_expired",
             Reason::MaxHoldExceeded => "max_hold_exceeded",
             Reason::SignatureInvalid => "signature_invalid",
+            Reason::SignatureKeyUnknown => "signature_key_unknown",
         }
     }
 
@@ -59,6 +66,7 @@ impl Reason {
             Reason::LeaseExpired => "HolderLeaseExpired",
             Reason::MaxHoldExceeded => "MaxHoldExceeded",
             Reason::SignatureInvalid => "SignatureInvalid",
+            Reason::SignatureKeyUnknown => "SignatureKeyUnknown",
         }
     }
 
@@ -69,6 +77,46 @@ impl Reason {
             self,
             Reason::PodDeleted | Reason::PodReplaced | Reason::PodTerminated
         )
+    }
+}
+
+/// What the signature check means for reclaiming.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureFacts {
+    /// Signatures are not required, or this one verifies.
+    Accepted,
+    /// Signatures are required and this one is missing, does not match, or was made with
+    /// a key not bound to the holder: the record is not to be trusted.
+    Rejected,
+    /// Signatures are required and this one names a key id the controller does not have.
+    /// Most likely a rotation that reached the signer first, so it is reclaimed only once
+    /// the lock has been seen for `grace`.
+    UnknownKey {
+        /// How long to wait for the key to reach the controller.
+        grace: Duration,
+    },
+}
+
+impl SignatureFacts {
+    /// The facts of a verification (`None`: the controller has no keys), when signatures
+    /// are `required`, with `unknown_key_grace` for key ids the controller does not have.
+    pub fn of(
+        verification: Option<&Verification>,
+        required: bool,
+        unknown_key_grace: Duration,
+    ) -> Self {
+        match verification {
+            _ if !required => SignatureFacts::Accepted,
+            None | Some(Verification::Valid { .. }) => SignatureFacts::Accepted,
+            Some(Verification::UnknownKey { .. }) => SignatureFacts::UnknownKey {
+                grace: unknown_key_grace,
+            },
+            Some(
+                Verification::Missing
+                | Verification::Mismatch { .. }
+                | Verification::KeyNotBound { .. },
+            ) => SignatureFacts::Rejected,
+        }
     }
 }
 
@@ -105,8 +153,8 @@ pub enum LeaseFacts {
 /// Everything [`judge`] looks at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Facts {
-    /// Signatures are required and this lock's does not verify (a forged record).
-    pub signature_rejected: bool,
+    /// The lock's signature, as far as reclaiming goes.
+    pub signature: SignatureFacts,
     /// The pod uid recorded in the lock, if any.
     pub recorded_pod_uid: Option<String>,
     /// The holder's pod.
@@ -138,10 +186,11 @@ pub enum Verdict {
 pub const MAX_HOLD_GRACE: Duration = Duration::from_millis(500);
 
 /// Decides whether a lock is stale. A rejected signature first (the record is not to be
-/// trusted at all), then pod evidence (it is the fastest and surest),
-/// then the Lease, then max hold.
+/// trusted at all), then pod evidence (it is the fastest and surest), then the Lease,
+/// then max hold, then an unknown signing key whose grace has run out (measured like max
+/// hold: from when the controller first saw the lock, so never shorter than configured).
 pub fn judge(facts: &Facts) -> Verdict {
-    if facts.signature_rejected {
+    if facts.signature == SignatureFacts::Rejected {
         return Verdict::Stale(Reason::SignatureInvalid);
     }
     match (&facts.pod, &facts.recorded_pod_uid) {
@@ -176,8 +225,21 @@ pub fn judge(facts: &Facts) -> Verdict {
         }
         _ => None,
     };
+    let key_left = match facts.signature {
+        SignatureFacts::UnknownKey { grace } => {
+            let age = facts.age.unwrap_or_default();
+            if age >= grace {
+                return Verdict::Stale(Reason::SignatureKeyUnknown);
+            }
+            Some(grace - age)
+        }
+        SignatureFacts::Accepted | SignatureFacts::Rejected => None,
+    };
     Verdict::Live {
-        recheck_in: hold_left.map_or(lease_left, |h| h.min(lease_left)),
+        recheck_in: [hold_left, key_left]
+            .into_iter()
+            .flatten()
+            .fold(lease_left, Duration::min),
     }
 }
 
@@ -189,7 +251,7 @@ mod tests {
 
     fn live() -> Facts {
         Facts {
-            signature_rejected: false,
+            signature: SignatureFacts::Accepted,
             recorded_pod_uid: Some("u1".into()),
             pod: PodFacts::Present {
                 uid: "u1".into(),
@@ -279,8 +341,64 @@ mod tests {
     #[test]
     fn a_rejected_signature_is_stale_even_with_a_live_holder() {
         let mut f = live();
-        f.signature_rejected = true;
+        f.signature = SignatureFacts::Rejected;
         assert_eq!(judge(&f), Verdict::Stale(Reason::SignatureInvalid));
+    }
+
+    #[test]
+    fn an_unknown_key_is_reclaimed_after_its_grace_not_before() {
+        let mut f = live();
+        f.signature = SignatureFacts::UnknownKey { grace: S(120) };
+        f.age = Some(S(100));
+        // Rechecked when the Lease could expire (sooner than the grace's end) ...
+        assert_eq!(judge(&f), Verdict::Live { recheck_in: S(12) });
+        f.age = Some(S(117));
+        // ... or at the grace's end, whichever comes first.
+        assert_eq!(judge(&f), Verdict::Live { recheck_in: S(3) });
+        f.age = Some(S(120));
+        assert_eq!(judge(&f), Verdict::Stale(Reason::SignatureKeyUnknown));
+        // Dead holder evidence still wins during the grace.
+        f.age = Some(S(1));
+        f.pod = PodFacts::Missing;
+        assert_eq!(judge(&f), Verdict::Stale(Reason::PodDeleted));
+    }
+
+    #[test]
+    fn signature_facts_of_each_verification() {
+        let g = S(120);
+        let key = || "k1".to_owned();
+        let all = [
+            Verification::Valid { key_id: key() },
+            Verification::Missing,
+            Verification::UnknownKey { key_id: key() },
+            Verification::Mismatch { key_id: key() },
+            Verification::KeyNotBound {
+                key_id: key(),
+                user: None,
+            },
+        ];
+        for v in &all {
+            assert_eq!(
+                SignatureFacts::of(Some(v), false, g),
+                SignatureFacts::Accepted,
+                "not required: {v:?}"
+            );
+        }
+        let required: Vec<_> = all
+            .iter()
+            .map(|v| SignatureFacts::of(Some(v), true, g))
+            .collect();
+        assert_eq!(
+            required,
+            [
+                SignatureFacts::Accepted,
+                SignatureFacts::Rejected,
+                SignatureFacts::UnknownKey { grace: g },
+                SignatureFacts::Rejected,
+                SignatureFacts::Rejected,
+            ]
+        );
+        assert_eq!(SignatureFacts::of(None, true, g), SignatureFacts::Accepted);
     }
 
     #[test]
