@@ -306,20 +306,7 @@ pub async fn run(
     let by_lease = lock_reader.clone();
     Controller::for_stream(lock_stream, lock_reader)
         .watches_stream(pod_stream, move |pod: Pod| {
-            let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-            by_pod
-                .state()
-                .into_iter()
-                .filter(|l| {
-                    let lock_ns = l.namespace().unwrap_or_default();
-                    l.spec
-                        .holder
-                        .pod
-                        .as_ref()
-                        .is_some_and(|p| p.name == name && p.namespace_or(&lock_ns) == ns)
-                })
-                .map(|l| ObjectRef::from_obj(&*l))
-                .collect::<Vec<_>>()
+            locks_held_from(&pod, &by_pod.state())
         })
         .watches_stream(lease_stream, move |lease: Lease| {
             let (ns, name) = (lease.namespace().unwrap_or_default(), lease.name_any());
@@ -393,6 +380,24 @@ fn retried_by_watcher<K>(
             None
         }
     })
+}
+
+/// The locks whose holder runs in `pod`, in whatever namespace they are: the pod's own
+/// namespace is compared with each lock's recorded pod namespace (else its own).
+fn locks_held_from(pod: &Pod, locks: &[Arc<IssueLock>]) -> Vec<ObjectRef<IssueLock>> {
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    locks
+        .iter()
+        .filter(|l| {
+            let lock_ns = l.namespace().unwrap_or_default();
+            l.spec
+                .holder
+                .pod
+                .as_ref()
+                .is_some_and(|p| p.name == name && p.namespace_or(&lock_ns) == ns)
+        })
+        .map(|l| ObjectRef::from_obj(&**l))
+        .collect()
 }
 
 /// Keeps only what [`judge`] needs of a Pod: metadata identity and phase.
@@ -745,5 +750,62 @@ async fn sweep_orphaned_leases(ctx: Arc<Context>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Holder, HolderPod, IssueLockSpec};
+
+    fn lock(ns: &str, name: &str, pod: &str, pod_ns: Option<&str>) -> Arc<IssueLock> {
+        let mut lock = IssueLock::new(
+            name,
+            IssueLockSpec {
+                issue: name.into(),
+                holder: Holder {
+                    identity: pod.into(),
+                    pod: Some(HolderPod {
+                        name: pod.into(),
+                        uid: "u".into(),
+                        namespace: pod_ns.map(str::to_owned),
+                    }),
+                    lease: "l".into(),
+                    user: None,
+                },
+                max_hold_seconds: None,
+                signature: None,
+            },
+        );
+        lock.metadata.namespace = Some(ns.into());
+        Arc::new(lock)
+    }
+
+    #[test]
+    fn a_pod_event_concerns_the_locks_held_from_it_in_any_namespace() {
+        let locks = [
+            lock("workers", "in-ci", "w", Some("ci")),
+            lock("workers", "local-recorded", "w", Some("workers")),
+            lock("workers", "local-old", "w", None),
+            lock("other", "in-ci-too", "w", Some("ci")),
+            lock("workers", "another-pod", "v", Some("ci")),
+        ];
+        let pod = |ns: &str| {
+            let mut p = Pod::default();
+            p.metadata.name = Some("w".into());
+            p.metadata.namespace = Some(ns.into());
+            p
+        };
+        let names = |ns: &str| {
+            let mut v: Vec<_> = locks_held_from(&pod(ns), &locks)
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("ci"), ["in-ci", "in-ci-too"]);
+        assert_eq!(names("workers"), ["local-old", "local-recorded"]);
+        assert!(names("other").is_empty());
     }
 }
