@@ -15,6 +15,31 @@ use std::time::{Duration, Instant};
 
 const LEASE: f64 = 6.0;
 
+/// A worker process (in its own process group), killed with its group on drop.
+struct PodWorker(Option<std::process::Child>);
+
+impl PodWorker {
+    fn wait(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+
+    fn kill(&self) {
+        signal_group(self.0.as_ref().unwrap().id(), "KILL");
+    }
+}
+
+impl Drop for PodWorker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .stderr(Stdio::null())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// `issuelock run -n <locks_ns>` from the pod `pod` (uid `uid`) of namespace `pod_ns`,
 /// as the downward API would describe it, running `sleep secs`.
 fn run_from_pod(
@@ -24,9 +49,9 @@ fn run_from_pod(
     uid: &str,
     issue: &str,
     secs: u32,
-) -> std::process::Child {
+) -> PodWorker {
     use std::os::unix::process::CommandExt;
-    issuelock()
+    let child = issuelock()
         .args(["run", "-n", locks_ns, "--issue", issue])
         .args(FAST_HEARTBEAT)
         .args(["--", "sleep", &secs.to_string()])
@@ -37,7 +62,25 @@ fn run_from_pod(
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .unwrap()
+        .unwrap();
+    PodWorker(Some(child))
+}
+
+/// Applies this tree's CRD again: the cluster may be shared with test binaries of older
+/// trees, whose CRD (without `spec.holder.pod.namespace`) makes the API server prune the
+/// field.
+fn ensure_current_crd() {
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/issuelock.dev_issuelocks.yaml"
+    );
+    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crd]);
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/issuelocks.issuelock.dev",
+    ]);
 }
 
 async fn wait_taken(client: &kube::Client, ns: &str, issue: &str) -> issuelock::IssueLock {
@@ -132,6 +175,7 @@ async fn acquire(locks: &LockClient, issue: &str) -> LockGuard {
 #[tokio::test]
 async fn a_holder_whose_pod_is_in_another_namespace_is_judged_there() {
     let client = client().await;
+    ensure_current_crd();
     let pods_ns = namespace(&client, "pods-a").await;
     let locks_ns = namespace(&client, "locks-b").await;
     // Watches the locks' namespace only: the holder pods are outside its cache.
@@ -218,12 +262,12 @@ async fn a_holder_whose_pod_is_in_another_namespace_is_judged_there() {
         t.elapsed().as_secs_f64()
     );
     wait_event(&client, &locks_ns, "HolderPodDeleted").await;
-    let out = doomed.wait_with_output().unwrap();
+    let out = doomed.wait();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(76), "{stderr}");
 
     // The first holder runs to completion and releases its own lock: never reclaimed.
-    let out = finisher.wait_with_output().unwrap();
+    let out = finisher.wait();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(started.elapsed() >= Duration::from_secs(20));
@@ -362,4 +406,87 @@ async fn a_lock_signed_with_another_workers_key_is_reported_then_reclaimed() {
     let _ = honest.shutdown().await;
     let _ = impostor.shutdown().await;
     delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_controller_that_may_not_read_the_pods_namespace_judges_by_the_lease() {
+    let client = client().await;
+    ensure_current_crd();
+    let pods_ns = namespace(&client, "pods-hidden").await;
+    let locks_ns = namespace(&client, "locks-scoped").await;
+    // A controller whose RBAC covers the locks' namespace only.
+    let role = [
+        ("issuelocks.issuelock.dev", "get,list,watch,delete"),
+        ("issuelocks.issuelock.dev/status", "patch"),
+        ("leases.coordination.k8s.io", "get,list,watch,delete"),
+        ("pods", "get,list,watch"),
+        ("events.events.k8s.io", "create,patch"),
+    ];
+    kubectl_ok(&["create", "serviceaccount", "scoped", "-n", &locks_ns]);
+    for (i, (resource, verbs)) in role.iter().enumerate() {
+        let name = format!("scoped-{i}");
+        kubectl_ok(&[
+            "create",
+            "role",
+            &name,
+            "-n",
+            &locks_ns,
+            &format!("--verb={verbs}"),
+            &format!("--resource={resource}"),
+        ]);
+        kubectl_ok(&[
+            "create",
+            "rolebinding",
+            &name,
+            "-n",
+            &locks_ns,
+            &format!("--role={name}"),
+            &format!("--serviceaccount={locks_ns}:scoped"),
+        ]);
+    }
+    let token = kubectl_ok(&[
+        "create",
+        "token",
+        "scoped",
+        "-n",
+        &locks_ns,
+        "--duration=10m",
+    ]);
+    let scratch = Scratch::new("scoped-controller");
+    let kc = token_kubeconfig(&scratch.0, token.trim());
+    let _ctl = ControllerProcess::start_as(&locks_ns, Some(&kc), &["--leader-election=false"]);
+
+    let uid = create_pod(&client, &pods_ns, "hidden").await;
+    let worker = run_from_pod(&locks_ns, &pods_ns, "hidden", &uid, "org/repo#hidden", 300);
+    let lock = wait_taken(&client, &locks_ns, "org/repo#hidden").await;
+    assert_eq!(
+        lock.spec.holder.pod.as_ref().unwrap().namespace.as_deref(),
+        Some(pods_ns.as_str()),
+        "the pod namespace is recorded (an older CRD would prune it)"
+    );
+    // The pod cannot be read: no pod evidence, the live Lease keeps the lock.
+    tokio::time::sleep(Duration::from_secs_f64(2.0 * LEASE)).await;
+    let still = lock_of(&client, &locks_ns, "org/repo#hidden").await;
+    assert_eq!(
+        still.and_then(|l| l.metadata.uid),
+        lock.metadata.uid,
+        "kept while its Lease is renewed"
+    );
+    // The holder dies: its Lease expires, and that evidence alone reclaims the lock.
+    let t = Instant::now();
+    worker.kill();
+    wait_gone(
+        &client,
+        &locks_ns,
+        "org/repo#hidden",
+        Duration::from_secs_f64(LEASE + 5.0),
+    )
+    .await;
+    println!(
+        "holder with an unreadable pod SIGKILLed -> lock gone after {:.3}s",
+        t.elapsed().as_secs_f64()
+    );
+    wait_event(&client, &locks_ns, "HolderLeaseExpired").await;
+    delete_namespace(&client, &locks_ns).await;
+    delete_namespace(&client, &pods_ns).await;
 }

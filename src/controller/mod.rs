@@ -510,8 +510,20 @@ async fn holder_pod_facts(
         return Ok(pod_facts(cached.as_deref()));
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let found = timed("read holder pod", ns, api.get_opt(&pod.name)).await?;
-    Ok(pod_facts(found.as_ref()))
+    match timed("read holder pod", ns, api.get_opt(&pod.name)).await {
+        Ok(found) => Ok(pod_facts(found.as_ref())),
+        // Not allowed to read pods there (custom RBAC scoped to the locks' namespace):
+        // judge by the Lease and max hold alone rather than never judging at all.
+        Err(e) if matches!(e.source, Error::Forbidden { .. }) => {
+            tracing::warn!(
+                lock = %lock.name_any(), pod = %pod.name, pod_namespace = ns,
+                error = %e.source.chain(),
+                "cannot read the holder's pod; judging by its Lease only"
+            );
+            Ok(PodFacts::Unreadable)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// What [`judge`] needs of the holder's pod, or of its absence.

@@ -127,6 +127,8 @@ pub enum PodFacts {
     NotRecorded,
     /// No pod of that name exists.
     Missing,
+    /// The controller may not read the pod's namespace: no pod evidence either way.
+    Unreadable,
     /// A pod of that name exists.
     Present {
         /// Its uid.
@@ -293,6 +295,12 @@ mod tests {
             phase: Some("Pending".into()),
         };
         assert!(matches!(judge(&f), Verdict::Live { .. }));
+        // A pod the controller may not read is no evidence: the Lease decides.
+        f.pod = PodFacts::Unreadable;
+        assert!(matches!(judge(&f), Verdict::Live { .. }));
+        f.lease = LeaseFacts::Missing;
+        assert_eq!(judge(&f), Verdict::Stale(Reason::LeaseMissing));
+        f.lease = live().lease;
         // Outside a pod, only the Lease and max hold count.
         f.recorded_pod_uid = None;
         f.pod = PodFacts::NotRecorded;
