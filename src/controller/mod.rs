@@ -9,13 +9,14 @@
 //!
 //! A holder's pod is judged in its own namespace (`spec.holder.pod.namespace`, else the
 //! lock's). When the controller watches one namespace only, a pod elsewhere is not in its
-//! cache: it is read directly at every reconcile of such a lock (about once per lease
-//! duration), never called missing from a cache miss, and its deletion is noticed at that
-//! read rather than from a Pod event.
+//! cache: it is read directly when its locks are rechecked (once per holder pod and
+//! recheck, see [`pod_reads`]; about once per lease duration), never called missing from
+//! a cache miss, and its deletion is noticed at that read rather than from a Pod event.
 
 pub mod http;
 pub mod metrics;
 pub mod observations;
+pub mod pod_reads;
 pub mod staleness;
 
 use crate::crd::{HEARTBEAT_LABEL, HOLDER_LEASE_LABEL, IssueLock};
@@ -36,6 +37,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use metrics::Metrics;
 use observations::{LeaseKey, Observations};
+use pod_reads::RecentPodReads;
 use serde_json::json;
 use staleness::{Facts, LeaseFacts, PodFacts, Reason, SignatureFacts, Verdict, judge};
 use std::sync::Arc;
@@ -94,6 +96,8 @@ pub struct Context {
     key_binding: KeyBinding,
     /// The only namespace watched, if any (pods elsewhere are not cached).
     watched_namespace: Option<String>,
+    /// Recent reads of pods outside the watched namespace.
+    pod_reads: RecentPodReads,
     /// When this controller first saw each lock (by uid), on its monotonic clock.
     first_seen: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
     /// Metrics of this process.
@@ -222,6 +226,7 @@ pub async fn run(
         unknown_key_grace: config.unknown_key_grace,
         key_binding: config.key_binding,
         watched_namespace: config.namespace.clone(),
+        pod_reads: RecentPodReads::default(),
         first_seen: Default::default(),
     });
     let gauge = ctx.clone();
@@ -492,9 +497,10 @@ async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, Recon
     }
 }
 
-/// What is known of the holder's pod, judged in the pod's own namespace: from the cache
-/// when that namespace is watched and `fresh` is false, else from a direct read (so a pod
-/// outside the watched namespace is never called missing from a cache miss).
+/// What is known of the holder's pod, judged in the pod's own namespace. Unless `fresh`:
+/// from the cache when that namespace is watched, else from a read made for another lock
+/// of the same pod a moment ago. Otherwise from a direct read, so a pod outside the
+/// watched namespace is never called missing from a cache miss.
 async fn holder_pod_facts(
     lock: &IssueLock,
     ctx: &Context,
@@ -509,14 +515,31 @@ async fn holder_pod_facts(
         let cached = ctx.pods.get(&ObjectRef::new(&pod.name).within(ns));
         return Ok(pod_facts(cached.as_deref()));
     }
+    let key = (ns.to_owned(), pod.name.clone());
+    let now = Instant::now();
+    if let Some(recent) = ctx.pod_reads.get(&key, now).filter(|_| !fresh) {
+        return Ok(recent);
+    }
+    let facts = read_pod_facts(lock, ctx, ns, &pod.name).await?;
+    ctx.pod_reads.record(key, now, facts.clone());
+    Ok(facts)
+}
+
+/// A direct read of the pod `name` in `ns`.
+async fn read_pod_facts(
+    lock: &IssueLock,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<PodFacts, ReconcileError> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    match timed("read holder pod", ns, api.get_opt(&pod.name)).await {
+    match timed("read holder pod", ns, api.get_opt(name)).await {
         Ok(found) => Ok(pod_facts(found.as_ref())),
         // Not allowed to read pods there (custom RBAC scoped to the locks' namespace):
         // judge by the Lease and max hold alone rather than never judging at all.
         Err(e) if matches!(e.source, Error::Forbidden { .. }) => {
             tracing::warn!(
-                lock = %lock.name_any(), pod = %pod.name, pod_namespace = ns,
+                lock = %lock.name_any(), pod = name, pod_namespace = ns,
                 error = %e.source.chain(),
                 "cannot read the holder's pod; judging by its Lease only"
             );
