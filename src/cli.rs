@@ -178,9 +178,8 @@ pub struct ControllerArgs {
         default_value_t = 120
     )]
     pub unknown_key_grace_seconds: u64,
-    /// Which worker a verify key may sign for: `none` (any key, any worker) or
-    /// `service-account` (the key id, before an optional `.version`, must be the name of
-    /// the ServiceAccount in the lock's spec.holder.user).
+    /// Which worker a verify key may sign for; a lock signed with a key not bound to its
+    /// holder fails verification (`SignatureValid=False`, reason `KeyNotBound`).
     #[arg(long, env = "ISSUELOCK_KEY_BINDING", value_enum, default_value_t = KeyBinding::None)]
     pub key_binding: KeyBinding,
 }

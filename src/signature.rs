@@ -116,7 +116,8 @@ pub enum KeyBinding {
     /// Any key signs for any worker (one shared key, or keys only for rotation).
     #[default]
     None,
-    /// A key signs only for the ServiceAccount its id names (see the module docs).
+    /// A key id `<name>` or `<name>.<version>` signs only for the ServiceAccount `<name>`
+    /// recorded in spec.holder.user.
     ServiceAccount,
 }
 
