@@ -9,4 +9,5 @@ mod chart;
 mod crd;
 mod holder;
 mod leader;
+mod process_tree;
 mod reclaim;
