@@ -542,7 +542,10 @@ async fn hold(
                 tracing::info!(signal = %sig, "forwarding to the command");
                 supervisor.order(Order::Signal(sig)).await;
             }
-            _ = tick.tick() => supervisor.order(Order::Trust(trust_left(guard, held.grace))).await,
+            _ = tick.tick() => {
+                let until = crate::supervise::monotonic_now() + trust_left(guard, held.grace);
+                supervisor.order(Order::TrustUntil(until)).await;
+            }
         }
     }
 }

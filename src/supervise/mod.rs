@@ -10,9 +10,9 @@
 //!
 //! * **Lock lost** (`stop`): SIGTERM to the tree, then up to the grace period for it to
 //!   end, then SIGKILL until no process of the tree is alive.
-//! * **Trust ran out**: `run` tells the supervisor several times a second how long the
-//!   lock is still trusted (until the heartbeat's renew deadline, or the end of the max
-//!   hold time minus the grace period). If `run` is paused (SIGSTOP), starved or stuck and
+//! * **Trust ran out**: `run` tells the supervisor several times a second until when the
+//!   lock is trusted (the heartbeat's renew deadline, or the end of the max hold time
+//!   minus the grace period), as a reading of the machine's monotonic clock. If `run` is paused (SIGSTOP), starved or stuck and
 //!   that time passes, the supervisor stops the tree exactly as for a lost lock.
 //! * **`run` died** (SIGKILL, OOM kill): the supervisor reads end-of-stream and SIGKILLs
 //!   the tree at once.
@@ -31,7 +31,7 @@ pub mod protocol;
 mod supervisor;
 pub mod tree;
 
-pub use protocol::{CommandStatus, Order, Report, StopCause};
+pub use protocol::{CommandStatus, Order, Report, StopCause, monotonic_now};
 pub use supervisor::{SuperviseArgs, supervise};
 
 use std::io;
@@ -54,7 +54,7 @@ impl Supervisor {
     /// Makes this process a child subreaper, starts the supervisor of `command` (with
     /// `env` added to the environment, and this process's stdin, stdout and stderr) and
     /// waits until it is connected. The command starts when the supervisor receives the
-    /// first [`Order::Trust`].
+    /// first [`Order::TrustUntil`].
     pub async fn start(
         command: &[String],
         env: &[(&str, String)],

@@ -1,8 +1,11 @@
 //! The line protocol between `issuelock run` and its supervisor, one message per line.
 //!
 //! `run` → supervisor ([`Order`]):
-//! * `trust <millis>`: the lock is trusted for that much longer. Without a newer `trust`
-//!   before that time passes, the supervisor stops the command's tree on its own.
+//! * `trust <millis>`: the lock is trusted until this reading of `CLOCK_MONOTONIC` (the
+//!   machine's clock, shared by both processes; see [`monotonic_now`]). Without a newer
+//!   `trust` before that time passes, the supervisor stops the command's tree on its own.
+//!   An absolute time, so that a line read late (supervisor starved, `run` paused just
+//!   after sending) never extends the trust.
 //! * `signal <number>`: forward this signal to the command's process group.
 //! * `stop`: the lock is lost; stop the tree (SIGTERM, grace period, SIGKILL).
 //! * end of stream: `run` is gone; SIGKILL the tree at once.
@@ -22,8 +25,8 @@ use std::time::Duration;
 /// What `issuelock run` tells its supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Order {
-    /// The lock is trusted for this much longer, counted from when the line is read.
-    Trust(Duration),
+    /// The lock is trusted until this reading of [`monotonic_now`].
+    TrustUntil(Duration),
     /// Forward this signal to the command's process group.
     Signal(Signal),
     /// The lock is lost: stop the tree.
@@ -78,7 +81,7 @@ impl std::error::Error for Malformed {}
 impl fmt::Display for Order {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Order::Trust(d) => write!(f, "trust {}", d.as_millis()),
+            Order::TrustUntil(t) => write!(f, "trust {}", t.as_millis()),
             Order::Signal(s) => write!(f, "signal {}", *s as i32),
             Order::Stop => f.write_str("stop"),
         }
@@ -91,7 +94,9 @@ impl FromStr for Order {
     fn from_str(line: &str) -> Result<Self, Malformed> {
         let bad = || Malformed(line.to_owned());
         match line.split_once(' ').unwrap_or((line, "")) {
-            ("trust", ms) => ms.parse().map(|ms| Order::Trust(Duration::from_millis(ms))),
+            ("trust", ms) => ms
+                .parse()
+                .map(|ms| Order::TrustUntil(Duration::from_millis(ms))),
             ("signal", n) => return parse_signal(n).map(Order::Signal).ok_or_else(bad),
             ("stop", "") => return Ok(Order::Stop),
             _ => return Err(bad()),
@@ -175,6 +180,14 @@ impl FromStr for Report {
     }
 }
 
+/// The machine's monotonic clock (`CLOCK_MONOTONIC`, the clock of [`std::time::Instant`]),
+/// which `run` and its supervisor read alike.
+pub fn monotonic_now() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available on Linux")
+        .into()
+}
+
 fn parse_signal(number: &str) -> Option<Signal> {
     number
         .parse::<i32>()
@@ -189,8 +202,8 @@ mod tests {
     #[test]
     fn orders_round_trip() {
         for order in [
-            Order::Trust(Duration::from_millis(3_750)),
-            Order::Trust(Duration::ZERO),
+            Order::TrustUntil(Duration::from_millis(3_750)),
+            Order::TrustUntil(Duration::ZERO),
             Order::Signal(Signal::SIGTERM),
             Order::Signal(Signal::SIGQUIT),
             Order::Stop,
@@ -199,7 +212,7 @@ mod tests {
         }
         assert_eq!(
             order("trust 250"),
-            Ok(Order::Trust(Duration::from_millis(250)))
+            Ok(Order::TrustUntil(Duration::from_millis(250)))
         );
         assert_eq!(order("signal 15"), Ok(Order::Signal(Signal::SIGTERM)));
     }

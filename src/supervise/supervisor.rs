@@ -2,7 +2,7 @@
 //! command, and stops the command's whole tree when told to, when its trust runs out, or
 //! when `run` is gone.
 
-use super::protocol::{CommandStatus, Order, Report, StopCause};
+use super::protocol::{CommandStatus, Order, Report, StopCause, monotonic_now};
 use super::tree;
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::WaitStatus;
@@ -100,11 +100,10 @@ impl Supervision {
         .collect::<io::Result<Vec<_>>>()?;
         let (read, mut reports) = stream.into_split();
         let mut orders = BufReader::new(read).lines();
-        let trust = match next_order(&mut orders).await {
-            Some(Order::Trust(trust)) => trust,
+        let trusted_until = match next_order(&mut orders).await {
+            Some(Order::TrustUntil(until)) => local_instant(until),
             _ => return Ok(None),
         };
-        let trusted_until = Instant::now() + trust;
         let spawned = std::process::Command::new(&command[0])
             .args(&command[1..])
             .process_group(0)
@@ -142,7 +141,7 @@ impl Supervision {
         let cause = loop {
             tokio::select! {
                 order = next_order(&mut self.orders) => match order {
-                    Some(Order::Trust(trust)) => self.trusted_until = Instant::now() + trust,
+                    Some(Order::TrustUntil(until)) => self.trusted_until = local_instant(until),
                     Some(Order::Signal(sig)) => {
                         let _ = killpg(self.command, sig);
                     }
@@ -208,6 +207,11 @@ impl Supervision {
         let (command, status) = (self.command, &mut self.status);
         tree::reap(&mut |pid, s| record(command, status, pid, s));
     }
+}
+
+/// The [`Instant`] of a [`monotonic_now`] reading.
+fn local_instant(monotonic: Duration) -> Instant {
+    Instant::now() + monotonic.saturating_sub(monotonic_now())
 }
 
 /// Records the command's status when `pid` is the command.
