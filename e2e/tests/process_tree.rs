@@ -322,3 +322,117 @@ async fn a_command_that_cannot_be_executed_exits_127_and_releases() {
     assert!(locks_in(&ns).trim().is_empty());
     delete_namespace(&client, &ns).await;
 }
+
+/// A TCP proxy in front of the API server that holds every new connection for `delay`
+/// before forwarding it: API calls through it are slow, and signals sent meanwhile arrive
+/// while `run` is starting or taking its lock.
+struct SlowProxy {
+    port: u16,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl SlowProxy {
+    async fn start(delay: Duration) -> Self {
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+        let target = doc["clusters"][0]["cluster"]["server"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("https://")
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { port, accept }
+    }
+
+    /// A kubeconfig (admin credentials) that goes through this proxy.
+    fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let mut doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+        doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{}", self.port).into();
+        let path = dir.join("slow-kubeconfig");
+        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        path
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// True once process `pid` catches SIGTERM (its `SigCgt` mask in /proc).
+fn catches_sigterm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (Signal::SIGTERM as u64 - 1)) != 0)
+}
+
+#[tokio::test]
+async fn a_signal_before_the_lock_is_taken_runs_nothing_and_leaves_nothing() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-early-signal").await;
+    let scratch = Scratch::new("tree-early-signal");
+    let proxy = SlowProxy::start(Duration::from_millis(1500)).await;
+    let ran = scratch.0.join("ran");
+    let stderr = std::fs::File::create(scratch.0.join("stderr")).unwrap();
+    let mut run = {
+        use std::os::unix::process::CommandExt;
+        issuelock()
+            .env("KUBECONFIG", proxy.kubeconfig(&scratch.0))
+            .args(["run", "-n", &ns, "--issue", "org/repo#early", "--", "touch"])
+            .arg(&ran)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    // `run` catches SIGTERM before its first API call, which the proxy holds for 1.5 s.
+    let pid = run.id();
+    eventually(Duration::from_secs(10), "run catching SIGTERM", || async {
+        catches_sigterm(pid).then_some(())
+    })
+    .await;
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = stderr_of(&scratch.0);
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("the command did not run"), "{stderr}");
+    assert!(!ran.exists(), "the command did not run");
+    assert!(locks_in(&ns).trim().is_empty(), "no lock left");
+    let leases = kubectl_ok(&[
+        "get",
+        "leases",
+        "-n",
+        &ns,
+        "-l",
+        "issuelock.dev/heartbeat=true",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        leases.trim().is_empty(),
+        "no heartbeat Lease left: {leases}"
+    );
+    delete_namespace(&client, &ns).await;
+}
