@@ -391,7 +391,9 @@ async fn run_locked(args: RunArgs) -> Result<ExitCode, Error> {
         None => {
             let held = Held {
                 grace,
-                trust_period: TRUST_PERIOD.min(timing.renew_interval / 4),
+                trust_period: TRUST_PERIOD
+                    .min(timing.renew_interval / 4)
+                    .max(Duration::from_millis(10)),
             };
             run_with(&locks, &issue, &command, held, &mut signals).await
         }
