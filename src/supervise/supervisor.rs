@@ -67,11 +67,11 @@ struct Supervision {
     _ignored: Vec<SignalStream>,
 }
 
-/// How waiting for the tree to end was interrupted.
-enum Interrupted {
-    /// The tree ended.
-    No,
-    /// `run` is gone: kill at once.
+/// How stopping the tree ended.
+enum WindDown {
+    /// Every process of the tree ended; `run` is waiting for the report.
+    Completed,
+    /// `run` went away meanwhile; the tree was killed at once.
     RunGone,
 }
 
@@ -162,7 +162,7 @@ impl Supervision {
             tracing::warn!(%cause, "stopping the command's process tree");
             send(&mut self.reports, &Report::Stopping(cause)).await?;
         }
-        if let Interrupted::RunGone = self.wind_down().await {
+        if let WindDown::RunGone = self.wind_down().await {
             return Ok(());
         }
         let status = self
@@ -173,8 +173,8 @@ impl Supervision {
 
     /// SIGTERM to the tree, up to the grace period for it to end, then SIGKILL until
     /// nothing is left. Returns early, killing at once, when `run` goes away.
-    async fn wind_down(&mut self) -> Interrupted {
-        let mut interrupted = Interrupted::No;
+    async fn wind_down(&mut self) -> WindDown {
+        let mut outcome = WindDown::Completed;
         if tree::terminate(self.me) > 0 {
             let end = Instant::now() + self.grace;
             loop {
@@ -184,7 +184,7 @@ impl Supervision {
                 }
                 tokio::select! {
                     order = next_order(&mut self.orders) => if order.is_none() {
-                        interrupted = Interrupted::RunGone;
+                        outcome = WindDown::RunGone;
                         break;
                     },
                     _ = self.children.recv() => {}
@@ -200,7 +200,7 @@ impl Supervision {
                 record(self.command, &mut self.status, self.command, s);
             }
         }
-        interrupted
+        outcome
     }
 
     fn reap(&mut self) {
