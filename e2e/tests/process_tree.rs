@@ -1,7 +1,8 @@
 //! `issuelock run` contains the command's whole process tree: a child in the command's
 //! process group, a process that escaped with `setsid`, and an orphan of a double fork
-//! all stop when the lock is lost, when `run` is SIGKILLed or SIGSTOPped, and when the
-//! command exits leaving them behind; signals reach the command first.
+//! all stop when the lock is lost, when `run` is SIGKILLed or SIGSTOPped, when the
+//! supervisor is SIGKILLed, and when the command exits leaving them behind; signals reach
+//! the command first, and a signal before the lock is taken runs nothing.
 //! Heartbeats use FAST_HEARTBEAT (lease 6 s, renew deadline 4 s, interval 1 s).
 
 use crate::support::*;
@@ -287,6 +288,41 @@ sleep 300 & wait"#,
         "command with a leftover: run exited 0 after {:.3}s",
         started.elapsed().as_secs_f64()
     );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_killed_supervisor_leaves_nothing_behind() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-supervisor").await;
+    let scratch = Scratch::new("tree-supervisor");
+    let mut run = start_run(&ns, "org/repo#sup", &scratch.0, "ignore", &FAST_HEARTBEAT);
+    let pids = tree_pids(&scratch.0).await;
+    let run_pid = Pid::from_raw(run.id() as i32);
+    let supervisor = tree::descendants_in(&tree::snapshot(), run_pid.as_raw())
+        .into_iter()
+        .find(|p| p.ppid == run_pid.as_raw())
+        .map(|p| Pid::from_raw(p.pid))
+        .expect("run has one child, the supervisor");
+
+    kill(supervisor, Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let status = tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = stderr_of(&scratch.0);
+    println!(
+        "supervisor SIGKILLed → run killed the orphaned tree and exited after {:.3}s",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("supervisor of the command died"),
+        "{stderr}"
+    );
+    assert_eq!(living(&pids), [], "{stderr}");
+    assert!(locks_in(&ns).trim().is_empty(), "the lock was released");
     delete_namespace(&client, &ns).await;
 }
 
