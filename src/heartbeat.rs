@@ -151,7 +151,8 @@ impl Pulse {
         self.is_trusted() && !*self.last_attempt_failed.lock().expect("pulse mutex")
     }
 
-    fn deadline(&self) -> Instant {
+    /// When trust ends unless a renewal succeeds first.
+    pub(crate) fn deadline(&self) -> Instant {
         *self.last_renewed.lock().expect("pulse mutex") + self.renew_deadline
     }
 

@@ -15,6 +15,7 @@ pub mod key;
 pub mod leader;
 pub mod lock;
 pub mod signature;
+pub mod supervise;
 pub mod table;
 
 pub use crd::{Holder, HolderPod, IssueLock, IssueLockSpec, IssueLockStatus};

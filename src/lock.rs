@@ -513,6 +513,7 @@ impl Inner {
             .unwrap_or_default();
         let fencing_token = FencingToken::from_resource_version(rv)?;
         let lost = self.heartbeat.pulse().lost.child_token();
+        let max_hold_deadline = self.config.max_hold.map(|max_hold| acquired_at + max_hold);
         if let Some(max_hold) = self.config.max_hold {
             // Give up the lock on our own clock, measured from before the create was sent,
             // so we stop no later than the controller may reclaim it.
@@ -539,6 +540,7 @@ impl Inner {
             uid,
             fencing_token,
             lost,
+            max_hold_deadline,
             released: false,
         })
     }
@@ -676,6 +678,7 @@ pub struct LockGuard {
     uid: String,
     fencing_token: FencingToken,
     lost: CancellationToken,
+    max_hold_deadline: Option<Instant>,
     released: bool,
 }
 
@@ -716,6 +719,22 @@ impl LockGuard {
     /// clock, so it is accurate even right after the process resumes from a pause.
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled() || !self.inner.heartbeat.pulse().is_trusted()
+    }
+
+    /// Until when this lock is trusted unless the heartbeat renews first: the heartbeat's
+    /// renew deadline or the end of the max hold time, whichever is earlier; now once the
+    /// lock may be lost. Renewals move it forward.
+    pub fn trusted_until(&self) -> Instant {
+        if self.is_lost() {
+            return Instant::now();
+        }
+        let renew = self.inner.heartbeat.pulse().deadline();
+        self.max_hold_deadline.map_or(renew, |end| end.min(renew))
+    }
+
+    /// When the max hold time of this lock ends on this process's clock, if it has one.
+    pub fn max_hold_deadline(&self) -> Option<Instant> {
+        self.max_hold_deadline
     }
 
     /// Completes when this client learns the lock may be lost. Stop the work it protects.

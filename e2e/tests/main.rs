@@ -10,4 +10,5 @@ mod crd;
 mod holder;
 mod leader;
 mod namespaces;
+mod process_tree;
 mod reclaim;

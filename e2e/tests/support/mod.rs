@@ -330,8 +330,10 @@ impl Drop for ControllerProcess {
     }
 }
 
-/// A real worker: `issuelock run` holding one issue while `sleep` runs, in its own
-/// process group (so a signal reaches the command too). Killed on drop.
+/// A real worker: `issuelock run` holding one issue while `sleep` runs. `run` is in a
+/// process group of its own, so a signal to the group reaches `run` alone; `run` contains
+/// the command (SIGKILL of `run` kills it, SIGSTOP of `run` stops it once the trust
+/// deadline passes). Killed on drop.
 pub struct WorkerProcess {
     child: Option<std::process::Child>,
     pgid: u32,

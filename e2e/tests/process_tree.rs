@@ -1,0 +1,474 @@
+//! `issuelock run` contains the command's whole process tree: a child in the command's
+//! process group, a process that escaped with `setsid`, and an orphan of a double fork
+//! all stop when the lock is lost, when `run` is SIGKILLed or SIGSTOPped, when the
+//! supervisor is SIGKILLed, and when the command exits leaving them behind; signals reach
+//! the command first, and a signal before the lock is taken runs nothing.
+//! Heartbeats use FAST_HEARTBEAT (lease 6 s, renew deadline 4 s, interval 1 s).
+
+use crate::support::*;
+use issuelock::supervise::tree;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// Grace period of these tests (the slack of FAST_HEARTBEAT is 2 s).
+const GRACE: f64 = 1.0;
+
+/// The command: starts `sleep 300` in its own group, `sleep 301` escaped with `setsid`,
+/// `sleep 302` orphaned by a double fork, writes the pids, then waits. `$2` says what it
+/// does on SIGTERM: `ignore` it (children inherit that), `clean` (touch `cleaned`, then
+/// die of SIGTERM), or `exit` 0 at once without waiting.
+const TREE: &str = r#"
+dir=$1
+case $2 in
+  ignore) trap '' TERM ;;
+  clean) trap 'touch "$dir/cleaned"; trap - TERM; kill -TERM $$' TERM ;;
+esac
+put() { echo "$2" > "$dir/$1.tmp" && mv "$dir/$1.tmp" "$dir/$1"; }
+sleep 300 & put child $!
+setsid sh -c 'echo $$ > "$0/escaped.tmp"; mv "$0/escaped.tmp" "$0/escaped"; exec sleep 301' "$dir" &
+sh -c 'sleep 302 & echo $! > "$0/orphan.tmp"; mv "$0/orphan.tmp" "$0/orphan"' "$dir"
+while [ ! -s "$dir/escaped" ]; do sleep 0.05; done
+put command $$
+[ "$2" = exit ] && exit 0
+wait
+"#;
+
+const PIDS: [&str; 4] = ["command", "child", "escaped", "orphan"];
+
+fn write_script(dir: &Path) -> PathBuf {
+    let path = dir.join("tree.sh");
+    std::fs::write(&path, TREE).unwrap();
+    path
+}
+
+/// Starts `issuelock run` (in its own process group, so that signals sent to it reach
+/// nobody else) with the tree script; stderr goes to `dir/stderr`.
+fn start_run(ns: &str, issue: &str, dir: &Path, on_term: &str, flags: &[&str]) -> Child {
+    use std::os::unix::process::CommandExt;
+    let script = write_script(dir);
+    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
+    issuelock()
+        .args(["run", "-n", ns, "--identity", "tree", "--issue", issue])
+        .args(flags)
+        .args(["--", "sh"])
+        .arg(&script)
+        .arg(dir)
+        .arg(on_term)
+        .env("NS", ns)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+fn stderr_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+}
+
+/// The pids the script wrote, once all are there.
+async fn tree_pids(dir: &Path) -> Vec<Pid> {
+    eventually(Duration::from_secs(20), "the tree's pid files", || async {
+        PIDS.iter()
+            .map(|name| {
+                std::fs::read_to_string(dir.join(name))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+                    .map(Pid::from_raw)
+            })
+            .collect::<Option<Vec<_>>>()
+    })
+    .await
+}
+
+/// True while `pid` runs (a zombie has ended).
+fn alive(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| tree::parse_stat(&s))
+        .is_some_and(|p| !p.zombie)
+}
+
+fn living(pids: &[Pid]) -> Vec<Pid> {
+    pids.iter().copied().filter(|&p| alive(p)).collect()
+}
+
+/// Waits until none of `pids` runs; returns when that was first seen.
+async fn all_gone(pids: &[Pid], limit: Duration) -> Instant {
+    eventually(limit, "the whole process tree gone", || async {
+        living(pids).is_empty().then(Instant::now)
+    })
+    .await
+}
+
+fn locks_in(ns: &str) -> String {
+    kubectl_ok(&["get", "issuelocks", "-n", ns, "-o", "name"])
+}
+
+fn fast(grace: &str) -> Vec<&str> {
+    let mut flags = FAST_HEARTBEAT.to_vec();
+    flags.extend(["--grace-seconds", grace]);
+    flags
+}
+
+#[tokio::test]
+async fn a_lost_lock_stops_the_whole_tree_after_the_grace_period() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-lost").await;
+    let scratch = Scratch::new("tree-lost");
+    let grace = GRACE.to_string();
+    let mut run = start_run(&ns, "org/repo#lost", &scratch.0, "ignore", &fast(&grace));
+    let pids = tree_pids(&scratch.0).await;
+    assert_eq!(living(&pids), pids, "the whole tree runs");
+
+    let deleted = Instant::now();
+    let out = issuelock()
+        .args(["release", "org/repo#lost", "-n", &ns, "--force"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    let status = tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let took = deleted.elapsed().as_secs_f64();
+    let stderr = stderr_of(&scratch.0);
+    assert_eq!(status.code(), Some(76), "{stderr}");
+    assert!(stderr.contains("was lost"), "{stderr}");
+    // `run` exits only once the tree is gone, SIGKILLed after the grace period (the
+    // tree ignores SIGTERM).
+    assert_eq!(living(&pids), [], "{stderr}");
+    println!(
+        "lock deleted → tree (ignoring SIGTERM) killed and run exited after {took:.3}s (grace {GRACE}s)"
+    );
+    assert!((GRACE..GRACE + 3.0).contains(&took), "{took}");
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn sigkill_of_run_kills_the_whole_tree_at_once() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-sigkill").await;
+    let scratch = Scratch::new("tree-sigkill");
+    let mut run = start_run(&ns, "org/repo#kill", &scratch.0, "ignore", &FAST_HEARTBEAT);
+    let pids = tree_pids(&scratch.0).await;
+    // Everything below `run`, the supervisor included.
+    let below = tree::living_descendants(Pid::from_raw(run.id() as i32));
+    assert!(below.len() > pids.len(), "{below:?} {pids:?}");
+
+    kill(Pid::from_raw(run.id() as i32), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let gone = all_gone(&below, Duration::from_secs(5)).await;
+    let took = (gone - killed).as_secs_f64();
+    println!(
+        "run SIGKILLed → its whole tree ({} processes) gone after {took:.3}s",
+        below.len()
+    );
+    assert!(took < 1.0, "{took}");
+    let _ = run.wait();
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn sigterm_reaches_the_command_first_and_run_exits_143() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-sigterm").await;
+    let scratch = Scratch::new("tree-sigterm");
+    let grace = GRACE.to_string();
+    let mut run = start_run(&ns, "org/repo#term", &scratch.0, "clean", &fast(&grace));
+    let pids = tree_pids(&scratch.0).await;
+
+    kill(Pid::from_raw(run.id() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = stderr_of(&scratch.0);
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "the command died of SIGTERM: {stderr}"
+    );
+    assert!(
+        scratch.0.join("cleaned").exists(),
+        "the command's trap ran: {stderr}"
+    );
+    assert_eq!(living(&pids), [], "{stderr}");
+    assert!(locks_in(&ns).trim().is_empty(), "the lock was released");
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_paused_run_has_its_tree_stopped_before_the_lease_expires() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-sigstop").await;
+    let scratch = Scratch::new("tree-sigstop");
+    let grace = GRACE.to_string();
+    let mut run = start_run(&ns, "org/repo#stop", &scratch.0, "ignore", &fast(&grace));
+    let pids = tree_pids(&scratch.0).await;
+
+    let pid = Pid::from_raw(run.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let stopped = Instant::now();
+    let gone = all_gone(&pids, Duration::from_secs(10)).await;
+    let took = (gone - stopped).as_secs_f64();
+    println!(
+        "run SIGSTOPped → tree killed by its supervisor after {took:.3}s \
+         (renew deadline 4 s + grace {GRACE}s; lease 6 s)"
+    );
+    assert!(took < 4.0 + GRACE + 0.5, "{took}");
+    kill(pid, Signal::SIGCONT).unwrap();
+    let status = tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = stderr_of(&scratch.0);
+    assert_eq!(status.code(), Some(76), "{stderr}");
+    assert!(stderr.contains("trust-expired"), "{stderr}");
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn what_the_command_leaves_running_is_killed_before_the_lock_is_released() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-leftovers").await;
+    let scratch = Scratch::new("tree-leftovers");
+    let dir = &scratch.0;
+    // A leftover that, when asked to stop, records whether the lock is still held.
+    let leftover = dir.join("leftover.sh");
+    std::fs::write(
+        &leftover,
+        r#"trap 'kubectl get issuelocks -n "$NS" -o name > "$1/at-term"; exit 0' TERM
+echo $$ > "$1/leftover.tmp"; mv "$1/leftover.tmp" "$1/leftover"
+sleep 300 & wait"#,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = issuelock()
+        .args([
+            "run",
+            "-n",
+            &ns,
+            "--identity",
+            "tree",
+            "--issue",
+            "org/repo#left",
+        ])
+        .args(["--grace-seconds", "4", "--"])
+        .args(["sh", "-c"])
+        .arg(format!(
+            "setsid sh {} {} & while [ ! -s {}/leftover ]; do sleep 0.05; done; exit 0",
+            leftover.display(),
+            dir.display(),
+            dir.display()
+        ))
+        .env("NS", &ns)
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let pid: i32 = std::fs::read_to_string(dir.join("leftover"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!alive(Pid::from_raw(pid)), "the leftover was stopped");
+    let at_term = std::fs::read_to_string(dir.join("at-term")).unwrap();
+    assert!(
+        at_term.contains("issuelock"),
+        "the lock was still held when the leftover was stopped: {at_term:?}"
+    );
+    assert!(locks_in(&ns).trim().is_empty(), "then released");
+    println!(
+        "command with a leftover: run exited 0 after {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_killed_supervisor_leaves_nothing_behind() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-supervisor").await;
+    let scratch = Scratch::new("tree-supervisor");
+    let mut run = start_run(&ns, "org/repo#sup", &scratch.0, "ignore", &FAST_HEARTBEAT);
+    let pids = tree_pids(&scratch.0).await;
+    let run_pid = Pid::from_raw(run.id() as i32);
+    let supervisor = tree::descendants_in(&tree::snapshot(), run_pid.as_raw())
+        .into_iter()
+        .find(|p| p.ppid == run_pid.as_raw())
+        .map(|p| Pid::from_raw(p.pid))
+        .expect("run has one child, the supervisor");
+
+    kill(supervisor, Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let status = tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = stderr_of(&scratch.0);
+    println!(
+        "supervisor SIGKILLed → run killed the orphaned tree and exited after {:.3}s",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("supervisor of the command died"),
+        "{stderr}"
+    );
+    assert_eq!(living(&pids), [], "{stderr}");
+    assert!(locks_in(&ns).trim().is_empty(), "the lock was released");
+    delete_namespace(&client, &ns).await;
+}
+
+#[test]
+fn a_grace_period_longer_than_the_slack_is_rejected_before_any_call() {
+    let out = issuelock()
+        .args(["run", "--issue", "x", "--grace-seconds", "5", "--", "true"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("must be shorter than the lease duration minus the renew deadline (5s)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_cannot_be_executed_exits_127_and_releases() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-127").await;
+    let out = issuelock()
+        .args(["run", "-n", &ns, "--issue", "org/repo#127", "--"])
+        .arg("no-such-command-e2e")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(127), "{stderr}");
+    assert!(
+        stderr.contains("cannot start \"no-such-command-e2e\""),
+        "{stderr}"
+    );
+    assert!(locks_in(&ns).trim().is_empty());
+    delete_namespace(&client, &ns).await;
+}
+
+/// A TCP proxy in front of the API server that holds every new connection for `delay`
+/// before forwarding it: API calls through it are slow, and signals sent meanwhile arrive
+/// while `run` is starting or taking its lock.
+struct SlowProxy {
+    port: u16,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl SlowProxy {
+    async fn start(delay: Duration) -> Self {
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+        let target = doc["clusters"][0]["cluster"]["server"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("https://")
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { port, accept }
+    }
+
+    /// A kubeconfig (admin credentials) that goes through this proxy.
+    fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let mut doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+        doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{}", self.port).into();
+        let path = dir.join("slow-kubeconfig");
+        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        path
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// True once process `pid` catches SIGTERM (its `SigCgt` mask in /proc).
+fn catches_sigterm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (Signal::SIGTERM as u64 - 1)) != 0)
+}
+
+#[tokio::test]
+async fn a_signal_before_the_lock_is_taken_runs_nothing_and_leaves_nothing() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-early-signal").await;
+    let scratch = Scratch::new("tree-early-signal");
+    let proxy = SlowProxy::start(Duration::from_millis(1500)).await;
+    let ran = scratch.0.join("ran");
+    let stderr = std::fs::File::create(scratch.0.join("stderr")).unwrap();
+    let mut run = {
+        use std::os::unix::process::CommandExt;
+        issuelock()
+            .env("KUBECONFIG", proxy.kubeconfig(&scratch.0))
+            .args(["run", "-n", &ns, "--issue", "org/repo#early", "--", "touch"])
+            .arg(&ran)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    // `run` catches SIGTERM before its first API call, which the proxy holds for 1.5 s.
+    let pid = run.id();
+    eventually(Duration::from_secs(10), "run catching SIGTERM", || async {
+        catches_sigterm(pid).then_some(())
+    })
+    .await;
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = stderr_of(&scratch.0);
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("the command did not run"), "{stderr}");
+    assert!(!ran.exists(), "the command did not run");
+    assert!(locks_in(&ns).trim().is_empty(), "no lock left");
+    let leases = kubectl_ok(&[
+        "get",
+        "leases",
+        "-n",
+        &ns,
+        "-l",
+        "issuelock.dev/heartbeat=true",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        leases.trim().is_empty(),
+        "no heartbeat Lease left: {leases}"
+    );
+    delete_namespace(&client, &ns).await;
+}
