@@ -10,3 +10,4 @@ mod crd;
 mod holder;
 mod leader;
 mod reclaim;
+mod tamper;
