@@ -16,6 +16,14 @@ pub const GROUP: &str = "issuelock.dev";
 pub const HOLDER_LEASE_LABEL: &str = "issuelock.dev/holder-lease";
 /// Label `"true"` on every heartbeat Lease.
 pub const HEARTBEAT_LABEL: &str = "issuelock.dev/heartbeat";
+/// Annotation on a heartbeat Lease: the Kubernetes username that created it (the chart's
+/// admission policy requires it to be the creating user, and lets only that user, the
+/// controller and admins change or delete the Lease).
+pub const LEASE_USER_ANNOTATION: &str = "issuelock.dev/holder-user";
+/// Annotation on a heartbeat Lease: the uid of the holder's pod. Where the creator's
+/// ServiceAccount token is bound to a pod, the admission policy requires it to be that
+/// pod's uid, and lets only requests from that pod change or delete the Lease.
+pub const LEASE_POD_UID_ANNOTATION: &str = "issuelock.dev/holder-pod-uid";
 
 /// What is locked and by whom. Immutable after creation.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

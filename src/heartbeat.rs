@@ -12,7 +12,9 @@
 //! send; so the holder always gives up first, by at least `lease_duration -
 //! renew_deadline` (the *slack*), provided the two clocks advance at similar rates.
 
-use crate::crd::{HEARTBEAT_LABEL, HolderPod};
+use crate::crd::{
+    HEARTBEAT_LABEL, Holder, HolderPod, LEASE_POD_UID_ANNOTATION, LEASE_USER_ANNOTATION,
+};
 use crate::error::{Error, Result, classify, is_status, within};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
@@ -92,7 +94,7 @@ pub fn lease_duration(lease: &Lease) -> Duration {
 /// Marks `spec` as freshly acquired by `identity` now, with `config`'s duration: the one
 /// place a Lease gets a holder, for heartbeats and for leader election alike.
 pub(crate) fn acquire(spec: &mut LeaseSpec, identity: &str, config: &HeartbeatConfig) {
-    let now = MicroTime(Timestamp::now());
+    let now = micro_now();
     spec.holder_identity = Some(identity.to_owned());
     spec.lease_duration_seconds = Some(config.lease_duration.as_secs() as i32);
     spec.acquire_time = Some(now.clone());
@@ -116,6 +118,13 @@ pub fn pod_owner(pod: Option<&HolderPod>, namespace: &str) -> Option<OwnerRefere
         uid: pod.uid.clone(),
         ..OwnerReference::default()
     })
+}
+
+/// The current time at the API server's precision (microseconds), so that a time we
+/// write compares equal to the one we read back.
+fn micro_now() -> MicroTime {
+    let now = Timestamp::now();
+    MicroTime(Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now))
 }
 
 /// Shared health of one heartbeat, read by guards without waiting for the renew task.
@@ -178,30 +187,39 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Creates the Lease `name` (it must not exist) and starts renewing it.
+    /// Creates the Lease `holder.lease` (it must not exist) and starts renewing it.
     ///
-    /// The Lease is labelled `issuelock.dev/heartbeat=true`, names `identity` as its
-    /// holder, and is owned by `pod` when given and in `namespace` (so the cluster's
-    /// garbage collector removes it with the pod); see [`pod_owner`].
+    /// The Lease is labelled `issuelock.dev/heartbeat=true`, names `holder.identity` as
+    /// its holder, records its creator (`holder.user`, `holder.pod`'s uid) in annotations
+    /// for the admission policy, and is owned by the holder's pod when given and in
+    /// `namespace` (so the cluster's garbage collector removes it with the pod); see
+    /// [`pod_owner`].
     pub async fn start(
         client: kube::Client,
         namespace: &str,
-        name: &str,
-        identity: &str,
-        pod: Option<&HolderPod>,
+        holder: &Holder,
         config: HeartbeatConfig,
         call_timeout: Duration,
     ) -> Result<Self> {
         config.validate()?;
         let api: Api<Lease> = Api::namespaced(client, namespace);
+        let pod = holder.pod.as_ref();
+        let annotations: BTreeMap<String, String> = [
+            (LEASE_USER_ANNOTATION, holder.user.clone()),
+            (LEASE_POD_UID_ANNOTATION, pod.map(|p| p.uid.clone())),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+        .collect();
         let mut lease = Lease {
             metadata: ObjectMeta {
-                name: Some(name.to_owned()),
+                name: Some(holder.lease.clone()),
                 namespace: Some(namespace.to_owned()),
                 labels: Some(BTreeMap::from([(
                     HEARTBEAT_LABEL.to_owned(),
                     "true".to_owned(),
                 )])),
+                annotations: (!annotations.is_empty()).then_some(annotations),
                 owner_references: pod_owner(pod, namespace).map(|o| vec![o]),
                 ..ObjectMeta::default()
             },
@@ -210,7 +228,11 @@ impl Heartbeat {
                 ..LeaseSpec::default()
             }),
         };
-        acquire(lease.spec.as_mut().expect("set above"), identity, &config);
+        acquire(
+            lease.spec.as_mut().expect("set above"),
+            &holder.identity,
+            &config,
+        );
         let sent = Instant::now();
         let created = within(
             "create heartbeat lease",
@@ -314,8 +336,10 @@ impl Drop for Heartbeat {
 }
 
 /// Renews until stopped or lost. A renewal is a `PUT` of the last Lease we wrote (its
-/// resourceVersion makes it conditional); a `409` means someone else wrote it, in which
-/// case we re-read and continue only if it still names us.
+/// resourceVersion makes it conditional). A `409` means the Lease was written since: we
+/// re-read it and continue only if what is there is our own write (a renewal whose answer
+/// we never got); any other change (holder, duration, labels, annotations, owners, a
+/// write we did not make) loses the heartbeat. A `404` loses it too.
 async fn renew_loop(
     api: Api<Lease>,
     mut current: Lease,
@@ -326,10 +350,8 @@ async fn renew_loop(
 ) {
     let retry = config.renew_interval.min(Duration::from_millis(500));
     let name = current.metadata.name.clone().unwrap_or_default();
-    let identity = current
-        .spec
-        .as_ref()
-        .and_then(|s| s.holder_identity.clone());
+    // renewTimes of renewals whose outcome we do not know (they may have been written).
+    let mut unconfirmed: Vec<MicroTime> = Vec::new();
     let mut next = Instant::now() + config.renew_interval;
     loop {
         // Wake at the next renewal or at the deadline, whichever comes first, so the lost
@@ -346,8 +368,9 @@ async fn renew_loop(
         }
         let sent = Instant::now();
         let mut renewed = current.clone();
+        let renew_time = micro_now();
         if let Some(spec) = renewed.spec.as_mut() {
-            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            spec.renew_time = Some(renew_time.clone());
         }
         let budget = call_timeout.min(deadline - sent);
         let params = PostParams::default();
@@ -358,23 +381,27 @@ async fn renew_loop(
         match answer {
             Ok(Ok(written)) => {
                 current = written;
+                unconfirmed.clear();
                 pulse.renewed(sent);
                 next = sent + config.renew_interval;
             }
             Ok(Err(e)) if is_status(&e, 409, "Conflict") => {
-                // Someone else wrote our Lease: continue only if it still names us.
                 let budget =
                     call_timeout.min(pulse.deadline().saturating_duration_since(Instant::now()));
                 match tokio::time::timeout(budget, api.get_opt(&name)).await {
-                    Ok(Ok(Some(fresh)))
-                        if fresh.spec.as_ref().and_then(|s| s.holder_identity.clone())
-                            == identity =>
-                    {
+                    Ok(Ok(Some(fresh))) if is_own_write(&current, &unconfirmed, &fresh) => {
+                        // Not counted as a renewal: we do not know when it was sent.
                         current = fresh;
+                        unconfirmed.clear();
                         next = Instant::now();
                     }
-                    Ok(Ok(_)) => {
-                        tracing::error!(lease = %name, "heartbeat lost: the Lease was taken over or deleted");
+                    Ok(Ok(Some(_))) => {
+                        tracing::error!(lease = %name, "heartbeat lost: the Lease was changed by someone else");
+                        pulse.lost.cancel();
+                        return;
+                    }
+                    Ok(Ok(None)) => {
+                        tracing::error!(lease = %name, "heartbeat lost: the Lease was deleted");
                         pulse.lost.cancel();
                         return;
                     }
@@ -391,16 +418,44 @@ async fn renew_loop(
             }
             Ok(Err(e)) => {
                 tracing::warn!(lease = %name, error = %e, "heartbeat renewal failed; retrying");
+                unconfirmed.push(renew_time);
                 pulse.attempt_failed();
                 next = Instant::now() + retry;
             }
             Err(_) => {
                 tracing::warn!(lease = %name, "heartbeat renewal timed out; retrying");
+                unconfirmed.push(renew_time);
                 pulse.attempt_failed();
                 next = Instant::now() + retry;
             }
         }
     }
+}
+
+/// True when `fresh` is `current` as we last wrote it, or one of our renewals of it whose
+/// answer we never got (its renewTime is in `unconfirmed`): same object, same metadata
+/// (labels, annotations, owners, finalizers), same spec but for renewTime.
+fn is_own_write(current: &Lease, unconfirmed: &[MicroTime], fresh: &Lease) -> bool {
+    let (c, f) = (&current.metadata, &fresh.metadata);
+    let same_metadata = c.uid == f.uid
+        && c.labels == f.labels
+        && c.annotations == f.annotations
+        && c.owner_references == f.owner_references
+        && c.finalizers == f.finalizers
+        && f.deletion_timestamp.is_none();
+    let (Some(cs), Some(fs)) = (&current.spec, &fresh.spec) else {
+        return false;
+    };
+    let but_renew_time = |s: &LeaseSpec| LeaseSpec {
+        renew_time: None,
+        ..s.clone()
+    };
+    let ours = fs.renew_time == cs.renew_time
+        || fs
+            .renew_time
+            .as_ref()
+            .is_some_and(|t| unconfirmed.contains(t));
+    same_metadata && but_renew_time(cs) == but_renew_time(fs) && ours
 }
 
 #[cfg(test)]
@@ -450,5 +505,65 @@ mod tests {
         assert!(pulse.is_trusted() && !pulse.is_healthy());
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(!pulse.is_trusted());
+    }
+
+    fn lease(renew_secs: i64) -> Lease {
+        let t = |s: i64| MicroTime(Timestamp::from_second(s).unwrap());
+        Lease {
+            metadata: ObjectMeta {
+                name: Some("w-1".into()),
+                uid: Some("u".into()),
+                resource_version: Some("10".into()),
+                labels: Some(BTreeMap::from([(HEARTBEAT_LABEL.into(), "true".into())])),
+                annotations: Some(BTreeMap::from([(
+                    LEASE_USER_ANNOTATION.into(),
+                    "system:serviceaccount:ns:w".into(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some("w".into()),
+                lease_duration_seconds: Some(15),
+                acquire_time: Some(t(100)),
+                renew_time: Some(t(renew_secs)),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn only_our_own_writes_are_adopted_after_a_conflict() {
+        let current = lease(100);
+        let t = |s: i64| MicroTime(Timestamp::from_second(s).unwrap());
+        let mut ours = lease(102);
+        ours.metadata.resource_version = Some("11".into());
+        // A renewal whose answer we never got.
+        assert!(is_own_write(&current, &[t(102)], &ours));
+        // The same content at a renewTime we never sent: someone else's write.
+        assert!(!is_own_write(&current, &[t(101)], &ours));
+        let mut shorter = ours.clone();
+        shorter.spec.as_mut().unwrap().lease_duration_seconds = Some(1);
+        assert!(!is_own_write(&current, &[t(102)], &shorter));
+        let mut taken = ours.clone();
+        taken.spec.as_mut().unwrap().holder_identity = Some("thief".into());
+        assert!(!is_own_write(&current, &[t(102)], &taken));
+        let mut relabelled = ours.clone();
+        relabelled.metadata.labels = None;
+        assert!(!is_own_write(&current, &[t(102)], &relabelled));
+        let mut disowned = ours.clone();
+        disowned.metadata.annotations = None;
+        assert!(!is_own_write(&current, &[t(102)], &disowned));
+        let mut recreated = ours;
+        recreated.metadata.uid = Some("other".into());
+        assert!(!is_own_write(&current, &[t(102)], &recreated));
+    }
+
+    #[test]
+    fn written_times_survive_the_round_trip() {
+        let t = micro_now();
+        let json = serde_json::to_value(&t).unwrap();
+        let back: MicroTime = serde_json::from_value(json).unwrap();
+        assert_eq!(back, t);
     }
 }

@@ -80,17 +80,82 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// The Kubernetes username of our credentials, from a SelfSubjectReview; `None` if the
-/// server does not tell us (the field is informational, not an authorization decision).
-pub async fn username(client: &kube::Client, timeout: std::time::Duration) -> Option<String> {
+/// What the API server says about our credentials.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// The Kubernetes username, when the server tells us.
+    pub user: Option<String>,
+    /// The pod our ServiceAccount token is bound to (a projected token's pod), when it is.
+    /// The admission policy binds locks and Leases to this pod.
+    pub pod: Option<HolderPod>,
+}
+
+/// user-info `extra` keys the API server sets for a pod-bound ServiceAccount token.
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
+/// Asks the API server who we are (a SelfSubjectReview). Empty when it does not tell us:
+/// the answer is recorded for the admission policy, never used for a decision here.
+pub async fn whoami(client: &kube::Client, timeout: std::time::Duration) -> Credentials {
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
     let api: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
     let review = SelfSubjectReview::default();
-    let answer = tokio::time::timeout(timeout, api.create(&Default::default(), &review))
-        .await
-        .ok()?
-        .ok()?;
-    answer.status?.user_info?.username
+    let Ok(Ok(answer)) =
+        tokio::time::timeout(timeout, api.create(&Default::default(), &review)).await
+    else {
+        return Credentials::default();
+    };
+    let Some(info) = answer.status.and_then(|s| s.user_info) else {
+        return Credentials::default();
+    };
+    let extra = |key: &str| {
+        info.extra
+            .as_ref()
+            .and_then(|e| e.get(key))
+            .and_then(|v| v.first())
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    // A pod-bound token is a ServiceAccount's, and the pod lives in its namespace.
+    let pod = match (extra(POD_NAME_EXTRA), extra(POD_UID_EXTRA)) {
+        (Some(name), Some(uid)) => Some(HolderPod {
+            name,
+            uid,
+            namespace: info
+                .username
+                .as_deref()
+                .and_then(service_account_namespace)
+                .map(str::to_owned),
+        }),
+        _ => None,
+    };
+    Credentials {
+        user: info.username,
+        pod,
+    }
+}
+
+/// The namespace of a ServiceAccount username (`system:serviceaccount:<ns>:<name>`).
+fn service_account_namespace(user: &str) -> Option<&str> {
+    let (ns, _name) = user
+        .strip_prefix("system:serviceaccount:")?
+        .split_once(':')?;
+    Some(ns)
+}
+
+/// The pod to record as the holder's: the one our token is bound to wins over the
+/// downward API's (the admission policy checks the former), with a warning when they differ.
+pub fn holder_pod(bound: Option<HolderPod>, from_env: Option<HolderPod>) -> Option<HolderPod> {
+    match (bound, from_env) {
+        (Some(bound), Some(env)) if bound.uid != env.uid => {
+            tracing::warn!(
+                token_pod = %bound.name, env_pod = %env.name,
+                "POD_NAME/POD_UID name another pod than the ServiceAccount token; recording the token's"
+            );
+            Some(bound)
+        }
+        (bound, env) => bound.or(env),
+    }
 }
 
 #[cfg(test)]
@@ -116,5 +181,27 @@ mod tests {
     #[test]
     fn explicit_identity_wins() {
         assert_eq!(HolderIdentity::from_env(Some("me".into())).identity, "me");
+    }
+
+    #[test]
+    fn the_token_pod_wins_over_the_downward_api() {
+        let pod = |uid: &str| HolderPod {
+            name: format!("p-{uid}"),
+            uid: uid.into(),
+            namespace: None,
+        };
+        assert_eq!(holder_pod(Some(pod("a")), Some(pod("b"))), Some(pod("a")));
+        assert_eq!(holder_pod(None, Some(pod("b"))), Some(pod("b")));
+        assert_eq!(holder_pod(Some(pod("a")), None), Some(pod("a")));
+        assert_eq!(holder_pod(None, None), None);
+    }
+
+    #[test]
+    fn a_service_account_names_its_namespace() {
+        assert_eq!(
+            service_account_namespace("system:serviceaccount:ci:worker"),
+            Some("ci")
+        );
+        assert_eq!(service_account_namespace("alice"), None);
     }
 }

@@ -90,7 +90,8 @@ pub struct LockConfig {
     /// Who this process is.
     pub identity: HolderIdentity,
     /// The Kubernetes username recorded in each lock; `None` asks the API server
-    /// (SelfSubjectReview) at start.
+    /// (SelfSubjectReview) at start, which also tells the pod a pod-bound token belongs
+    /// to (recorded as the holder's pod).
     pub user: Option<String>,
     /// Optional hard cap on how long each lock may be held.
     pub max_hold: Option<Duration>,
@@ -195,26 +196,27 @@ impl LockClient {
         }
         config.heartbeat.validate()?;
         let lease = config.identity.new_lease_name();
+        let who = match config.user.clone() {
+            Some(user) => crate::holder::Credentials {
+                user: Some(user),
+                pod: None,
+            },
+            None => crate::holder::whoami(&client, config.call_timeout).await,
+        };
+        let holder = Holder {
+            identity: config.identity.identity.clone(),
+            pod: crate::holder::holder_pod(who.pod, config.identity.pod.clone()),
+            lease,
+            user: who.user,
+        };
         let heartbeat = Heartbeat::start(
             client.clone(),
             &config.namespace,
-            &lease,
-            &config.identity.identity,
-            config.identity.pod.as_ref(),
+            &holder,
             config.heartbeat,
             config.call_timeout,
         )
         .await?;
-        let user = match config.user.clone() {
-            Some(user) => Some(user),
-            None => crate::holder::username(&client, config.call_timeout).await,
-        };
-        let holder = Holder {
-            identity: config.identity.identity.clone(),
-            pod: config.identity.pod.clone(),
-            lease,
-            user,
-        };
         let inner = Arc::new(Inner {
             stats: Mutex::new(AcquireStats::default()),
             api: Api::namespaced(client, &config.namespace),

@@ -256,6 +256,113 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         text(&own).1
     );
 
+    // Beyond RBAC: give the thief every verb on locks and Leases in the namespace; the
+    // admission policies alone must keep it off the worker's lock and heartbeat Lease,
+    // while the controller keeps both powers.
+    kubectl_ok(&[
+        "create",
+        "role",
+        "broad",
+        "-n",
+        &work,
+        "--verb=*",
+        "--resource=issuelocks.issuelock.dev,leases.coordination.k8s.io",
+    ]);
+    kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "thief-broad",
+        "-n",
+        &work,
+        "--role=broad",
+        &format!("--serviceaccount={work}:thief"),
+    ]);
+    let lease = lock.spec.holder.lease.clone();
+    let leases = kubectl_ok(&["get", "lease", &lease, "-n", &work, "-o", "json"]);
+    let leases: serde_json::Value = serde_json::from_str(&leases).unwrap();
+    assert_eq!(
+        leases["metadata"]["annotations"]["issuelock.dev/holder-user"],
+        format!("system:serviceaccount:{work}:worker"),
+        "the heartbeat Lease records its creator"
+    );
+    let as_who = |who: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["-n", &work, "--as", who, "--dry-run=server"]);
+        let out = kubectl(&all);
+        (out.status.success(), text(&out).1)
+    };
+    let tamper: [&[&str]; 5] = [
+        &["delete", "lease", &lease],
+        &[
+            "patch",
+            "lease",
+            &lease,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"leaseDurationSeconds":1}}"#,
+        ],
+        &["label", "lease", &lease, "issuelock.dev/heartbeat-"],
+        &["label", "issuelock", &name, "tampered=yes"],
+        &[
+            "patch",
+            "issuelock",
+            &name,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":["x/y"]}}"#,
+        ],
+    ];
+    eventually(
+        Duration::from_secs(15),
+        "heartbeat policy active",
+        || async {
+            let (ok, _) = as_who(&thief, tamper[0]);
+            (!ok).then_some(())
+        },
+    )
+    .await;
+    for args in tamper {
+        let (ok, err) = as_who(&thief, args);
+        assert!(
+            !ok && err.contains("only the") && err.contains("creator"),
+            "{args:?} as another worker: {err}"
+        );
+    }
+    let (ok, err) = as_who(&controller, tamper[0]);
+    assert!(ok, "the controller may delete a heartbeat Lease: {err}");
+    let (ok, err) = as_who(&controller, &["delete", "issuelock", &name]);
+    assert!(ok, "the controller may delete a lock: {err}");
+    let worker_user = format!("system:serviceaccount:{work}:worker");
+    assert_renewing(&work, &lease).await;
+    let (ok, err) = as_who(
+        &thief,
+        &[
+            "annotate",
+            "lease",
+            &lease,
+            "--overwrite",
+            &format!("issuelock.dev/holder-user=system:serviceaccount:{work}:thief"),
+        ],
+    );
+    assert!(!ok, "another worker cannot re-annotate the Lease: {err}");
+    let forged_lease = format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: forged-lease\n  namespace: {work}\n\
+         \x20 labels: {{issuelock.dev/heartbeat: \"true\"}}\n  annotations: {{issuelock.dev/holder-user: {worker_user}}}\nspec:\n  holderIdentity: x\n"
+    );
+    let out = kubectl_stdin(
+        &["create", "--as", &thief, "--dry-run=server", "-f", "-"],
+        &forged_lease,
+    );
+    let (_, err) = text(&out);
+    assert!(
+        !out.status.success() && err.contains("must record its creator"),
+        "a Lease in another worker's name: {err}"
+    );
+
+    // Replicas sharing a ServiceAccount: with pod-bound tokens (what a pod's projected
+    // token is), each lock and Lease is bound to its pod.
+    pod_bound_replicas_cannot_touch_each_other(&client, &work).await;
+
     let killed = Instant::now();
     w.signal("KILL");
     eventually(Duration::from_secs(15), "lock reclaimed", || async {
@@ -361,4 +468,166 @@ async fn kubectl_plugin_lists_shows_and_force_releases() {
     assert_eq!(code, Some(1));
     assert!(err.contains("is not locked"), "{err}");
     delete_namespace(&client, &ns).await;
+}
+
+/// Two pods of one ServiceAccount, each with a token bound to it: a worker in pod A takes
+/// a lock (the client learns its pod from the token, no downward API needed); the replica
+/// in pod B can neither delete nor change A's lock or Lease, nor create a lock in A's
+/// name; A itself can.
+async fn pod_bound_replicas_cannot_touch_each_other(client: &kube::Client, work: &str) {
+    let scratch = Scratch::new("chart-replicas");
+    let mut kubeconfigs = Vec::new();
+    let mut uids = Vec::new();
+    for pod in ["replica-a", "replica-b"] {
+        let uid = create_pod_as(client, work, pod, "worker").await;
+        let token = kubectl_ok(&[
+            "create",
+            "token",
+            "worker",
+            "-n",
+            work,
+            "--duration=1h",
+            "--bound-object-kind=Pod",
+            &format!("--bound-object-name={pod}"),
+            &format!("--bound-object-uid={uid}"),
+        ]);
+        let dir = scratch.0.join(pod);
+        std::fs::create_dir_all(&dir).unwrap();
+        kubeconfigs.push(token_kubeconfig(&dir, token.trim()));
+        uids.push(uid);
+    }
+    let issue = "org/repo#replicas";
+    let w = WorkerProcess::start_as(work, Some(&kubeconfigs[0]), "replica-a", issue, None, 300);
+    let lock = eventually(
+        Duration::from_secs(15),
+        "replica A holds the lock",
+        || async { lock_of(client, work, issue).await },
+    )
+    .await;
+    let pod = lock
+        .spec
+        .holder
+        .pod
+        .clone()
+        .expect("the token's pod is recorded");
+    assert_eq!(
+        (pod.name.as_str(), pod.uid.as_str()),
+        ("replica-a", uids[0].as_str())
+    );
+    let (name, lease) = (
+        lock.metadata.name.clone().unwrap(),
+        lock.spec.holder.lease.clone(),
+    );
+    let lease_json = kubectl_ok(&["get", "lease", &lease, "-n", work, "-o", "json"]);
+    let lease_json: serde_json::Value = serde_json::from_str(&lease_json).unwrap();
+    assert_eq!(
+        lease_json["metadata"]["annotations"]["issuelock.dev/holder-pod-uid"],
+        uids[0].as_str()
+    );
+    let as_replica = |i: usize, args: &[&str]| {
+        let out = Command::new("kubectl")
+            .args(args)
+            .args(["-n", work, "--dry-run=server"])
+            .env("KUBECONFIG", &kubeconfigs[i])
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out).1)
+    };
+    let attacks: [&[&str]; 2] = [
+        &["delete", "issuelock", &name],
+        &["delete", "lease", &lease],
+    ];
+    for args in attacks {
+        let (ok, err) = as_replica(1, args);
+        assert!(
+            !ok && err.contains("creator"),
+            "{args:?} from replica B: {err}"
+        );
+    }
+    // An update (the verb workers hold on Leases) from replica B: a shortened duration.
+    let mut shortened = lease_json.clone();
+    shortened["spec"]["leaseDurationSeconds"] = 1.into();
+    let out = kubectl_stdin_as(
+        &kubeconfigs[1],
+        &["replace", "--dry-run=server", "-f", "-"],
+        &shortened.to_string(),
+    );
+    let (_, err) = text(&out);
+    assert!(
+        !out.status.success() && err.contains("creator"),
+        "replica B rewrites A's Lease: {err}"
+    );
+    let (ok, err) = as_replica(0, attacks[0]);
+    assert!(ok, "replica A may delete its own lock: {err}");
+    assert_renewing(work, &lease).await;
+    // Replica B cannot take a lock recording pod A either.
+    let forged = format!(
+        "apiVersion: issuelock.dev/v1alpha1\nkind: IssueLock\nmetadata:\n  name: forged-replica\n  namespace: {work}\n\
+         spec:\n  issue: forged-replica\n  holder:\n    identity: replica-a\n    lease: x\n    user: system:serviceaccount:{work}:worker\n\
+         \x20   pod: {{name: replica-a, uid: {}}}\n",
+        uids[0]
+    );
+    let out = kubectl_stdin_as(
+        &kubeconfigs[1],
+        &["create", "--dry-run=server", "-f", "-"],
+        &forged,
+    );
+    let (_, err) = text(&out);
+    assert!(
+        !out.status.success() && err.contains("spec.holder.pod.uid must be the uid"),
+        "{err}"
+    );
+    w.signal("TERM");
+    let (_, err) = w.wait();
+    assert!(
+        lock_of(client, work, issue).await.is_none(),
+        "released on SIGTERM: {err}"
+    );
+}
+
+/// Asserts that the holder of `lease` keeps renewing it (its resourceVersion moves on):
+/// the admission policy lets the creator write its own Lease.
+async fn assert_renewing(ns: &str, lease: &str) {
+    let rv = || {
+        kubectl_ok(&[
+            "get",
+            "lease",
+            lease,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+    };
+    let before = rv();
+    eventually(
+        Duration::from_secs(10),
+        "the holder renews its Lease",
+        || async { (rv() != before).then_some(()) },
+    )
+    .await;
+}
+
+/// `kubectl` with `stdin`, authenticating with `kubeconfig`.
+fn kubectl_stdin_as(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }

@@ -12,3 +12,4 @@ mod leader;
 mod namespaces;
 mod process_tree;
 mod reclaim;
+mod tamper;

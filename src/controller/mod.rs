@@ -280,6 +280,7 @@ pub async fn run(
                 obs_ctx.observations.observe(
                     lease_key(&lease),
                     &lease.resource_version().unwrap_or_default(),
+                    lease_duration(&lease),
                     Instant::now(),
                 );
                 None
@@ -591,10 +592,11 @@ async fn lease_facts(
     let seen = ctx.observations.observe(
         lease_key(&lease),
         &lease.resource_version().unwrap_or_default(),
+        lease_duration(&lease),
         now,
     );
     Ok(LeaseFacts::Present {
-        duration: lease_duration(&lease),
+        duration: seen.longest_duration,
         unchanged_for: now.saturating_duration_since(seen.at),
     })
 }
@@ -756,7 +758,7 @@ async fn sweep_orphaned_leases(ctx: Arc<Context>) {
             let Some(seen) = ctx.observations.get(&key) else {
                 continue;
             };
-            if now.saturating_duration_since(seen.at) < lease_duration(&lease) + LEASE_SWEEP_GRACE {
+            if now.saturating_duration_since(seen.at) < seen.longest_duration + LEASE_SWEEP_GRACE {
                 continue;
             }
             if referenced.contains(&key) {

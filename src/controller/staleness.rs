@@ -145,7 +145,7 @@ pub enum LeaseFacts {
     Missing,
     /// The Lease exists.
     Present {
-        /// Its `leaseDurationSeconds`.
+        /// The longest `leaseDurationSeconds` seen on it (a shortened one is not believed).
         duration: Duration,
         /// Time on the controller's monotonic clock since it last saw the Lease change.
         unchanged_for: Duration,

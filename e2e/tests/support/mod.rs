@@ -437,12 +437,18 @@ impl Drop for WorkerProcess {
 
 /// Creates a Pod object (no kubelet runs it) and returns its uid.
 pub async fn create_pod(client: &kube::Client, ns: &str, name: &str) -> String {
+    create_pod_as(client, ns, name, "default").await
+}
+
+/// Creates a Pod object running as ServiceAccount `sa` (no kubelet runs it; tokens can be
+/// bound to it) and returns its uid.
+pub async fn create_pod_as(client: &kube::Client, ns: &str, name: &str, sa: &str) -> String {
     use k8s_openapi::api::core::v1::Pod;
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name},
-        "spec": {"containers": [{"name": "worker", "image": "worker:test"}]}
+        "spec": {"serviceAccountName": sa, "containers": [{"name": "worker", "image": "worker:test"}]}
     }))
     .unwrap();
     api.create(&PostParams::default(), &pod)
