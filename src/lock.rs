@@ -1253,4 +1253,68 @@ mod tests {
         assert!(a < b);
         assert!(FencingToken::from_resource_version("abc").is_err());
     }
+
+    fn guarded(own: &OwnLocks, uid: &str, token: u64) -> CancellationToken {
+        let lost = CancellationToken::new();
+        own.register(
+            "l".into(),
+            HeldLock {
+                uid: uid.into(),
+                fencing_token: FencingToken(token),
+                issue: IssueKey::parse("i").unwrap(),
+                lost: lost.clone(),
+            },
+        );
+        lost
+    }
+
+    fn object(uid: &str, rv: &str) -> IssueLock {
+        let mut lock: IssueLock = serde_json::from_value(serde_json::json!({
+            "apiVersion": "issuelock.dev/v1alpha1", "kind": "IssueLock",
+            "metadata": {"name": "l", "namespace": "ns"},
+            "spec": {"issue": "i", "holder": {"identity": "h", "lease": "l"}}
+        }))
+        .unwrap();
+        lock.metadata.uid = Some(uid.into());
+        lock.metadata.resource_version = Some(rv.into());
+        lock
+    }
+
+    #[test]
+    fn a_late_delete_of_the_previous_lock_leaves_a_reacquired_guard_alone() {
+        let own = OwnLocks::default();
+        let lost = guarded(&own, "new", 50);
+        own.lost_if_deleted("l", "old");
+        own.lost_if_replaced(&object("old", "40"));
+        assert!(!lost.is_cancelled());
+        own.lost_if_deleted("l", "new");
+        assert!(lost.is_cancelled());
+    }
+
+    #[test]
+    fn a_newer_object_under_the_name_means_the_lock_was_lost() {
+        let own = OwnLocks::default();
+        let lost = guarded(&own, "ours", 50);
+        own.lost_if_replaced(&object("ours", "55"));
+        assert!(!lost.is_cancelled(), "our own object, updated");
+        own.lost_if_replaced(&object("theirs", "60"));
+        assert!(lost.is_cancelled());
+    }
+
+    #[test]
+    fn a_fresh_read_confirms_or_loses_exactly_the_guard_it_was_made_for() {
+        let own = OwnLocks::default();
+        let lost = guarded(&own, "ours", 50);
+        own.lost_unless_current("l", "ours", Some("ours"));
+        own.lost_unless_current("l", "previous", None);
+        assert!(!lost.is_cancelled());
+        own.lost_unless_current("l", "ours", None);
+        assert!(lost.is_cancelled());
+    }
+
+    #[test]
+    fn max_hold_seconds_round_up() {
+        assert_eq!(max_hold_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(max_hold_seconds(Duration::from_millis(2001)), 3);
+    }
 }
