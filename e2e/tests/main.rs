@@ -9,4 +9,5 @@ mod chart;
 mod crd;
 mod holder;
 mod leader;
+mod leaks;
 mod reclaim;
