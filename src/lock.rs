@@ -89,7 +89,8 @@ impl fmt::Display for FencingToken {
 pub enum Acquisition {
     /// We hold the lock until the guard is released, dropped or lost.
     Acquired(LockGuard),
-    /// Someone else (or another guard of this same client) holds it.
+    /// Someone else holds it, or another task of this same client: one of its guards, or
+    /// an acquire call of it in flight.
     Held(HeldBy),
 }
 
@@ -182,16 +183,17 @@ pub struct AcquireStats {
 }
 
 /// Counts of the client's background clean-up since it started, for workers to export as
-/// metrics: locks this client may have left behind (a dropped guard, a release that
-/// failed, a create whose outcome stayed unknown, an acquire call dropped mid-flight, a
-/// lock of ours found on a create) and what became of them.
+/// metrics: locks this client may have left behind (a guard dropped without release, a
+/// release that failed, a create whose outcome stayed unknown, an acquire call dropped
+/// after its create was sent, a lock of ours found on a create) and what became of them.
+/// The ordinary releases of [`LockClient::shutdown`] are not counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CleanupStats {
-    /// Handed to the clean-up so far (each is also logged).
+    /// Locks (possibly) left behind so far; each is also logged.
     pub queued: u64,
-    /// Still being retried now.
+    /// Clean-ups still being retried now.
     pub pending: u64,
-    /// Lock objects the clean-up (or a create finding one) deleted.
+    /// Lock objects left behind that this client then deleted.
     pub released: u64,
 }
 
@@ -284,9 +286,12 @@ impl LockClient {
         self.inner.stop_tasks.cancel();
         for (name, lock) in self.inner.own.drain() {
             lock.lost.cancel();
-            self.inner
-                .cleanup
-                .queue(Orphan::lock(name, lock.issue, lock.uid, "held at shutdown"));
+            self.inner.cleanup.queue(Orphan::lock(
+                name,
+                lock.issue,
+                lock.uid,
+                LeftBehind::Shutdown,
+            ));
         }
         let mut first_error = self.inner.clean_up(Pass::Final).await;
         if let Err(e) = self.inner.heartbeat.stop().await {
@@ -559,7 +564,7 @@ impl Inner {
             Ok(token) => token,
             Err(e) => {
                 self.cleanup
-                    .queue(Orphan::lock(name, issue, uid, "no fencing token"));
+                    .queue(Orphan::lock(name, issue, uid, LeftBehind::NoFencingToken));
                 return Err(e);
             }
         };
@@ -591,6 +596,7 @@ impl Inner {
             uid,
             fencing_token,
             lost,
+            releasing: false,
             released: false,
         })
     }
@@ -637,7 +643,7 @@ impl Inner {
                     name,
                     issue.clone(),
                     uid,
-                    "orphan found on create",
+                    LeftBehind::FoundOnCreate,
                 ));
                 Err(e)
             }
@@ -658,6 +664,9 @@ impl Inner {
         for (orphan, result) in futures::future::join_all(attempts).await {
             match result {
                 Ok(true) => self.cleanup.done(),
+                // Nothing there yet; at shutdown, a create landing later is the
+                // controller's to reclaim once our Lease is gone.
+                Ok(false) if pass == Pass::Final => self.cleanup.done(),
                 Ok(false) => self.cleanup.retry(orphan),
                 Err(e) => {
                     tracing::debug!(issue = %orphan.issue, lock = %orphan.name, error = %e.chain(), "clean-up attempt failed; retrying with backoff");
@@ -692,8 +701,9 @@ impl Inner {
             }
         };
         match self.delete(&orphan.name, &uid, &orphan.issue).await {
+            Ok(()) if orphan.reason == LeftBehind::Shutdown => Ok(true),
             Ok(()) => {
-                tracing::info!(issue = %orphan.issue, lock = %orphan.name, %uid, reason = orphan.reason, "released a lock left behind");
+                tracing::info!(issue = %orphan.issue, lock = %orphan.name, %uid, reason = orphan.reason.label(), "released a lock left behind");
                 self.cleanup.released();
                 Ok(true)
             }
@@ -786,8 +796,8 @@ impl Drop for AcquireCall<'_> {
             return;
         }
         let (reason, sent) = match (self.in_flight, self.unknown) {
-            (Some(sent), _) => ("acquire call dropped after its create was sent", sent),
-            (None, Some(sent)) => ("create outcome unknown", sent),
+            (Some(sent), _) => (LeftBehind::AcquireDropped, sent),
+            (None, Some(sent)) => (LeftBehind::CreateOutcomeUnknown, sent),
             (None, None) => return,
         };
         self.inner.cleanup.queue(Orphan {
@@ -928,8 +938,9 @@ impl OwnLocks {
 }
 
 /// The one watch of a client: its own locks, selected by its Lease label. A lock deleted
-/// or replaced under one of our guards marks that guard lost. After a relist, guards whose
-/// lock is missing from the list are checked with a direct read.
+/// under one of our guards (its uid), or a newer object under its name, marks that guard
+/// lost. After a relist, guards whose lock is missing from the list are checked with a
+/// direct read. A lock that a pending create clean-up looks for is cleaned up at once.
 async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken) {
     let (api, selector) = match inner.upgrade() {
         Some(i) => (
@@ -960,6 +971,7 @@ async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken) {
             Some(Ok(watcher::Event::Init)) => listed.clear(),
             Some(Ok(watcher::Event::InitApply(lock))) => {
                 inner.own.lost_if_replaced(&lock);
+                inner.cleanup.landed(&lock);
                 listed.insert(identity(&lock));
             }
             Some(Ok(watcher::Event::InitDone)) => {
@@ -979,7 +991,10 @@ async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken) {
                         .lost_unless_current(&name, &uid, current.as_deref());
                 }
             }
-            Some(Ok(watcher::Event::Apply(lock))) => inner.own.lost_if_replaced(&lock),
+            Some(Ok(watcher::Event::Apply(lock))) => {
+                inner.own.lost_if_replaced(&lock);
+                inner.cleanup.landed(&lock);
+            }
             Some(Ok(watcher::Event::Delete(lock))) => {
                 let (name, uid) = identity(&lock);
                 inner.own.lost_if_deleted(&name, &uid);
@@ -995,8 +1010,7 @@ struct Orphan {
     name: String,
     issue: IssueKey,
     target: Target,
-    /// Why it was left behind, for the logs.
-    reason: &'static str,
+    reason: LeftBehind,
     next_attempt: Instant,
     backoff: Duration,
 }
@@ -1007,6 +1021,40 @@ enum Target {
     /// Whatever a create of unknown outcome may have committed: the object carrying its
     /// nonce, looked for until `settles_at` (after which that create can no longer land).
     Create { nonce: String, settles_at: Instant },
+}
+
+/// Why a lock went to the clean-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeftBehind {
+    /// Still held at shutdown: an ordinary release, neither logged nor counted.
+    Shutdown,
+    /// A guard dropped without `release`: the documented background release.
+    GuardDropped,
+    /// `release` failed (not with `LockLost`).
+    ReleaseFailed,
+    /// A create (or its read-back) got no conclusive answer.
+    CreateOutcomeUnknown,
+    /// A `try_acquire` future was dropped after its create was sent.
+    AcquireDropped,
+    /// A lock of ours that nothing of this client held, found by a create, could not
+    /// be deleted on the spot.
+    FoundOnCreate,
+    /// The create's resourceVersion was no fencing token, so no guard was handed out.
+    NoFencingToken,
+}
+
+impl LeftBehind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Shutdown => "held at shutdown",
+            Self::GuardDropped => "guard dropped without release",
+            Self::ReleaseFailed => "release failed",
+            Self::CreateOutcomeUnknown => "create outcome unknown",
+            Self::AcquireDropped => "acquire call dropped after its create was sent",
+            Self::FoundOnCreate => "orphan found on create",
+            Self::NoFencingToken => "no fencing token",
+        }
+    }
 }
 
 /// Which orphans a clean-up pass attempts.
@@ -1020,7 +1068,7 @@ enum Pass {
 
 impl Orphan {
     /// A lock object we held (uid known), to delete at once.
-    fn lock(name: String, issue: IssueKey, uid: String, reason: &'static str) -> Self {
+    fn lock(name: String, issue: IssueKey, uid: String, reason: LeftBehind) -> Self {
         Self {
             name,
             issue,
@@ -1049,8 +1097,18 @@ struct Cleanup {
 
 impl Cleanup {
     fn queue(&self, orphan: Orphan) {
-        tracing::warn!(issue = %orphan.issue, lock = %orphan.name, reason = orphan.reason, "a lock may be left behind; cleaning it up in the background");
-        self.found();
+        let (issue, lock, reason) = (&orphan.issue, &orphan.name, orphan.reason.label());
+        match orphan.reason {
+            LeftBehind::Shutdown => {}
+            LeftBehind::GuardDropped => {
+                tracing::info!(%issue, %lock, reason, "releasing the lock in the background");
+                self.found();
+            }
+            _ => {
+                tracing::warn!(%issue, %lock, reason, "a lock may be left behind; cleaning it up in the background");
+                self.found();
+            }
+        }
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         self.pending.lock().expect("clean-up mutex").push(orphan);
         self.wake.notify_one();
@@ -1082,6 +1140,24 @@ impl Cleanup {
             .partition(|o| pass == Pass::Final || o.next_attempt <= now);
         *pending = later;
         due
+    }
+
+    /// `lock` was seen on the watch: if it is what a pending create clean-up looks for,
+    /// attempt that now rather than after its backoff.
+    fn landed(&self, lock: &IssueLock) {
+        let Some(nonce) = acquire_nonce(lock) else {
+            return;
+        };
+        let mut landed = false;
+        for orphan in self.pending.lock().expect("clean-up mutex").iter_mut() {
+            if matches!(&orphan.target, Target::Create { nonce: n, .. } if n == nonce) {
+                orphan.next_attempt = Instant::now();
+                landed = true;
+            }
+        }
+        if landed {
+            self.wake.notify_one();
+        }
     }
 
     fn next_attempt(&self) -> Option<Instant> {
@@ -1143,6 +1219,9 @@ pub struct LockGuard {
     uid: String,
     fencing_token: FencingToken,
     lost: CancellationToken,
+    /// `release` unregistered it and sent (or is about to send) its delete.
+    releasing: bool,
+    /// `release` got its answer: nothing left for Drop to do.
     released: bool,
 }
 
@@ -1203,19 +1282,22 @@ impl LockGuard {
     /// clean-up, which retries it while the client lives.
     pub async fn release(mut self) -> Result<()> {
         // Unregister first, so our own delete is not reported as a loss by the watch.
-        self.inner.own.take(&self.name, &self.uid);
+        // (Not registered any more: shutdown has released it already.)
+        let registered = self.inner.own.take(&self.name, &self.uid).is_some();
+        self.releasing = registered;
         self.lost.cancel();
         let result = self.inner.delete(&self.name, &self.uid, &self.issue).await;
         // From here on, Drop leaves the lock alone.
         self.released = true;
         if let Err(e) = &result
+            && registered
             && !matches!(e, Error::LockLost { .. })
         {
             self.inner.cleanup.queue(Orphan::lock(
                 self.name.clone(),
                 self.issue.clone(),
                 self.uid.clone(),
-                "release failed",
+                LeftBehind::ReleaseFailed,
             ));
         }
         result
@@ -1224,16 +1306,21 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        self.lost.cancel();
         if self.released {
             return;
         }
-        self.inner.own.take(&self.name, &self.uid);
-        self.lost.cancel();
+        // Still registered (a plain drop), or unregistered by a `release` whose future was
+        // dropped before its answer; otherwise shutdown has released it already.
+        let ours = self.inner.own.take(&self.name, &self.uid).is_some() || self.releasing;
+        if !ours {
+            return;
+        }
         self.inner.cleanup.queue(Orphan::lock(
             self.name.clone(),
             self.issue.clone(),
             self.uid.clone(),
-            "guard dropped without release",
+            LeftBehind::GuardDropped,
         ));
     }
 }

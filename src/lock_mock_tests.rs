@@ -37,6 +37,8 @@ struct Server {
     down: bool,
     /// How many of the next deletes fail at the transport.
     failing_deletes: usize,
+    /// While true, deletes are never answered (nor executed).
+    hanging_deletes: bool,
     /// uids of the lock objects deleted.
     deleted: Vec<String>,
 }
@@ -155,6 +157,9 @@ fn answer(
             if s.failing_deletes > 0 {
                 s.failing_deletes -= 1;
                 return Some(Err("connection reset by peer".into()));
+            }
+            if s.hanging_deletes {
+                return None;
             }
             let wanted = object()["preconditions"]["uid"].clone();
             let current = s.foreign.clone().or_else(|| s.lock.clone());
@@ -450,6 +455,36 @@ async fn a_dropped_guard_is_released_after_an_outage_and_shutdown_tries_once_mor
     locks.shutdown().await.unwrap();
     assert!(server.lock().unwrap().lock.is_none());
     assert_eq!(locks.cleanup_stats().pending, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_future_dropped_before_its_answer_still_releases() {
+    let (locks, server) = client_for(Server::default()).await;
+    let Acquisition::Acquired(guard) = locks.try_acquire("org/repo#15").await.unwrap() else {
+        panic!("free lock");
+    };
+    server.lock().unwrap().hanging_deletes = true;
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), guard.release()).await;
+    assert!(gave_up.is_err(), "the caller gave up first");
+    server.lock().unwrap().hanging_deletes = false;
+    until_no_lock_is_left(&server).await;
+    assert_eq!(locks.cleanup_stats().released, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guard_released_by_shutdown_and_dropped_later_leaves_nothing_pending() {
+    let (locks, server) = client_for(Server::default()).await;
+    let Acquisition::Acquired(guard) = locks.try_acquire("org/repo#16").await.unwrap() else {
+        panic!("free lock");
+    };
+    locks.shutdown().await.unwrap();
+    assert!(
+        server.lock().unwrap().lock.is_none(),
+        "released at shutdown"
+    );
+    assert!(guard.is_lost());
+    drop(guard);
+    assert_eq!(locks.cleanup_stats(), CleanupStats::default());
 }
 
 #[tokio::test]
