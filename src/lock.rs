@@ -827,6 +827,8 @@ struct OwnLocksState {
     guards: HashMap<String, HeldLock>,
     /// Nonces of the acquire calls in flight.
     acquiring: HashSet<String>,
+    /// uids of the locks whose `release` is in flight.
+    releasing: HashSet<String>,
 }
 
 #[derive(Clone)]
@@ -864,6 +866,24 @@ impl OwnLocks {
         }
     }
 
+    /// Unregisters the guard of `name` with `uid` for its release: from now on its own
+    /// delete is no loss, yet the lock is still in use until [`released`](Self::released).
+    /// False when it was not registered any more (shutdown released it).
+    fn releasing(&self, name: &str, uid: &str) -> bool {
+        let mut state = self.state();
+        if state.guards.get(name).is_some_and(|h| h.uid == uid) {
+            state.guards.remove(name);
+            state.releasing.insert(uid.to_owned());
+            true
+        } else {
+            false
+        }
+    }
+
+    fn released(&self, uid: &str) {
+        self.state().releasing.remove(uid);
+    }
+
     fn drain(&self) -> Vec<(String, HeldLock)> {
         self.state().guards.drain().collect()
     }
@@ -872,15 +892,14 @@ impl OwnLocks {
         self.state().guards.values().any(|h| h.uid == uid)
     }
 
-    /// True when a live guard of this client holds `lock`, or an acquire call of this
-    /// client in flight created it.
+    /// True when a live guard of this client holds `lock` or is releasing it, or an
+    /// acquire call of this client in flight created it.
     fn in_use(&self, lock: &IssueLock) -> bool {
         let state = self.state();
         let name = lock.metadata.name.as_deref().unwrap_or_default();
-        state
-            .guards
-            .get(name)
-            .is_some_and(|h| Some(h.uid.as_str()) == lock.metadata.uid.as_deref())
+        let uid = lock.metadata.uid.as_deref().unwrap_or_default();
+        state.guards.get(name).is_some_and(|h| h.uid == uid)
+            || state.releasing.contains(uid)
             || acquire_nonce(lock).is_some_and(|n| state.acquiring.contains(n))
     }
 
@@ -1283,12 +1302,13 @@ impl LockGuard {
     pub async fn release(mut self) -> Result<()> {
         // Unregister first, so our own delete is not reported as a loss by the watch.
         // (Not registered any more: shutdown has released it already.)
-        let registered = self.inner.own.take(&self.name, &self.uid).is_some();
+        let registered = self.inner.own.releasing(&self.name, &self.uid);
         self.releasing = registered;
         self.lost.cancel();
         let result = self.inner.delete(&self.name, &self.uid, &self.issue).await;
         // From here on, Drop leaves the lock alone.
         self.released = true;
+        self.inner.own.released(&self.uid);
         if let Err(e) = &result
             && registered
             && !matches!(e, Error::LockLost { .. })
@@ -1316,6 +1336,7 @@ impl Drop for LockGuard {
         if !ours {
             return;
         }
+        self.inner.own.released(&self.uid);
         self.inner.cleanup.queue(Orphan::lock(
             self.name.clone(),
             self.issue.clone(),

@@ -472,6 +472,24 @@ async fn a_release_future_dropped_before_its_answer_still_releases() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_lock_another_task_is_releasing_is_reported_held_not_taken_for_an_orphan() {
+    let (locks, server) = client_for(Server::default()).await;
+    let Acquisition::Acquired(guard) = locks.try_acquire("org/repo#17").await.unwrap() else {
+        panic!("free lock");
+    };
+    server.lock().unwrap().hanging_deletes = true;
+    let releasing = tokio::spawn(guard.release());
+    tokio::task::yield_now().await;
+    let got = locks.try_acquire("org/repo#17").await.unwrap();
+    assert!(matches!(got, Acquisition::Held(_)), "{got:?}");
+    server.lock().unwrap().hanging_deletes = false;
+    let released = releasing.await.unwrap();
+    assert!(released.is_err(), "the hung delete timed out");
+    until_no_lock_is_left(&server).await;
+    assert_eq!(server.lock().unwrap().deleted, ["lock-uid-1"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_guard_released_by_shutdown_and_dropped_later_leaves_nothing_pending() {
     let (locks, server) = client_for(Server::default()).await;
     let Acquisition::Acquired(guard) = locks.try_acquire("org/repo#16").await.unwrap() else {
