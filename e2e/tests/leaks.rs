@@ -90,7 +90,12 @@ async fn a_create_whose_answer_is_lost_leaves_no_lock_once_the_api_answers_again
     proxy.restore();
     wait_no_lock(&admin, &ns, "org/repo#2").await;
     assert_eq!(locks.cleanup_stats().released, 1);
-    // The issue is free for anyone, this client included.
+    // The issue is free for anyone, this client included (once its heartbeat, which
+    // failed during the outage, has renewed again).
+    eventually(Duration::from_secs(10), "a healthy heartbeat", || async {
+        locks.is_healthy().then_some(())
+    })
+    .await;
     let Acquisition::Acquired(guard) = locks.try_acquire("org/repo#2").await.unwrap() else {
         panic!("the issue is free again");
     };
