@@ -55,17 +55,28 @@ impl Leadership {
     }
 
     /// True while this process leads and its last renewal is within the renew deadline.
+    ///
+    /// A term is one unbroken stretch of trust: the first time this finds the current
+    /// term's renewal past its deadline, the term ends for good (as its renew task would
+    /// end it), even if a late renewal answer would restore trust. So this process only
+    /// ever leads again through a new term, and each new term is announced by
+    /// [`elected`](Self::elected): work skipped while not leading is never lost.
     pub fn is_leading(&self) -> bool {
-        self.always
-            || self
-                .current
-                .lock()
-                .expect("leadership mutex")
-                .as_ref()
-                .is_some_and(|p| p.is_trusted())
+        if self.always {
+            return true;
+        }
+        let current = self.current.lock().expect("leadership mutex");
+        match current.as_ref() {
+            Some(pulse) if pulse.is_trusted() => true,
+            Some(pulse) => {
+                pulse.lost.cancel();
+                false
+            }
+            None => false,
+        }
     }
 
-    /// Yields once each time this process becomes leader.
+    /// Yields once each time this process becomes leader (a new term).
     pub fn elected(&self) -> impl Stream<Item = ()> + Send + 'static {
         futures::stream::unfold(self.terms.clone(), |mut terms| async move {
             terms.changed().await.ok()?;
@@ -212,4 +223,54 @@ async fn try_take(
 
 fn renewing(api: &Api<Lease>, lease: Lease, sent: Instant, config: &LeaderConfig) -> Heartbeat {
     Heartbeat::renewing(api.clone(), lease, sent, config.timing, config.call_timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leadership whose term's last renewal was sent longer ago than its renew deadline,
+    /// before its renew task has had a chance to run.
+    fn lapsed() -> (Leadership, Heartbeat) {
+        let service = tower::service_fn(|_req: http::Request<kube::client::Body>| {
+            std::future::pending::<
+                Result<
+                    http::Response<kube::client::Body>,
+                    Box<dyn std::error::Error + Send + Sync>,
+                >,
+            >()
+        });
+        let api: Api<Lease> = Api::namespaced(kube::Client::new(service, "ns"), "ns");
+        let timing = HeartbeatConfig::default();
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some("election".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec::default()),
+        };
+        let written_at = Instant::now()
+            .checked_sub(timing.renew_deadline + Duration::from_secs(1))
+            .expect("monotonic clock past the renew deadline");
+        let heartbeat = Heartbeat::renewing(api, lease, written_at, timing, Duration::from_secs(1));
+        let (_tx, terms) = watch::channel(1);
+        let leadership = Leadership {
+            always: false,
+            current: Arc::new(Mutex::new(Some(heartbeat.pulse().clone()))),
+            terms,
+        };
+        (leadership, heartbeat)
+    }
+
+    #[tokio::test]
+    async fn a_lapse_of_trust_ends_the_term() {
+        let (leadership, heartbeat) = lapsed();
+        assert!(
+            !heartbeat.pulse().lost.is_cancelled(),
+            "its renew task has not run"
+        );
+        assert!(!leadership.is_leading());
+        // Ended for good: leading again takes a new term, whose election reconciles all.
+        assert!(heartbeat.pulse().lost.is_cancelled());
+    }
 }

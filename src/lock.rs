@@ -12,6 +12,18 @@
 //!
 //! Ownership is only ever decided from the API server's answer to a write, never from a
 //! cache.
+//!
+//! # Nothing left behind while the client lives
+//! A lock this client may have left behind goes to one background clean-up: a guard
+//! dropped without release, a release that failed, a create whose outcome stayed unknown
+//! or whose read-back failed, a `try_acquire` future dropped after its create was sent.
+//! The clean-up deletes only an object carrying the uid we held or the nonce of our own
+//! acquire call (and our Lease), always under a `uid` precondition, and retries with
+//! capped exponential backoff for as long as the client lives; [`LockClient::shutdown`]
+//! makes a final attempt, and the controller reclaims whatever is still left once the
+//! Lease is gone. A lock of ours found on a create (`409`) that no guard holds and no
+//! acquire call of this client is taking is deleted and the create retried: the client
+//! never reports itself as another holder. [`LockClient::cleanup_stats`] counts it all.
 
 use crate::crd::{HOLDER_LEASE_LABEL, Holder, IssueLock, IssueLockSpec};
 use crate::error::{Error, Result, classify, is_status, within};
@@ -27,8 +39,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +51,14 @@ pub const ACQUIRE_NONCE_ANNOTATION: &str = "issuelock.dev/acquire-nonce";
 
 /// How many times one `try_acquire` retries a create whose outcome was unknown.
 const CREATE_ATTEMPTS: usize = 3;
+
+/// First pause before the clean-up retries a lock left behind; doubled each time.
+const CLEANUP_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Largest pause between two clean-up attempts of one lock left behind.
+const CLEANUP_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long after it was sent a create of unknown outcome may still be committed:
+/// kube-apiserver abandons a request after its `--request-timeout` (60 s by default).
+const CREATE_MAY_LAND_WITHIN: Duration = Duration::from_secs(90);
 
 /// A fencing token: the `resourceVersion` returned by the create that took the lock.
 ///
@@ -67,7 +89,8 @@ impl fmt::Display for FencingToken {
 pub enum Acquisition {
     /// We hold the lock until the guard is released, dropped or lost.
     Acquired(LockGuard),
-    /// Someone else (or another guard of this same client) holds it.
+    /// Someone else holds it, or another task of this same client: one of its guards, or
+    /// an acquire call of it in flight.
     Held(HeldBy),
 }
 
@@ -160,31 +183,40 @@ pub struct AcquireStats {
     pub failed: u64,
 }
 
+/// Counts of the client's background clean-up since it started, for workers to export as
+/// metrics: locks this client may have left behind (a guard dropped without release, a
+/// release that failed, a create whose outcome stayed unknown, an acquire call dropped
+/// after its create was sent, a lock of ours found on a create) and what became of them.
+/// The ordinary releases of [`LockClient::shutdown`] are not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanupStats {
+    /// Locks (possibly) left behind so far; each is also logged.
+    pub queued: u64,
+    /// Clean-ups still being retried now.
+    pub pending: u64,
+    /// Lock objects left behind that this client then deleted.
+    pub released: u64,
+}
+
 struct Inner {
     stats: Mutex<AcquireStats>,
     api: Api<IssueLock>,
     config: LockConfig,
     holder: Holder,
     heartbeat: Heartbeat,
-    /// Locks this client holds: lock name → the uid and lost signal of its guard.
-    held: Mutex<HashMap<String, HeldLock>>,
-    /// Stops the watch on our own locks.
-    stop_watch: CancellationToken,
-}
-
-#[derive(Clone)]
-struct HeldLock {
-    uid: String,
-    issue: IssueKey,
-    lost: CancellationToken,
+    own: OwnLocks,
+    cleanup: Cleanup,
+    /// Stops the watch on our own locks and the clean-up loop.
+    stop_tasks: CancellationToken,
 }
 
 // === impl LockClient ===
 
 impl LockClient {
-    /// Starts a client: creates its heartbeat Lease, starts renewing it and watching this
-    /// client's own locks (one watch, by label). Fails with a clear error when the
-    /// namespace is missing, RBAC forbids Leases, or the configuration is inconsistent.
+    /// Starts a client: creates its heartbeat Lease, starts renewing it, watching this
+    /// client's own locks (one watch, by label) and cleaning up what it leaves behind.
+    /// Fails with a clear error when the namespace is missing, RBAC forbids Leases, or
+    /// the configuration is inconsistent.
     pub async fn start(client: kube::Client, config: LockConfig) -> Result<Self> {
         if config.call_timeout.is_zero() {
             return Err(Error::Config("call timeout must be positive".into()));
@@ -223,12 +255,17 @@ impl LockClient {
             config,
             holder,
             heartbeat,
-            held: Mutex::new(HashMap::new()),
-            stop_watch: CancellationToken::new(),
+            own: OwnLocks::default(),
+            cleanup: Cleanup::default(),
+            stop_tasks: CancellationToken::new(),
         });
         tokio::spawn(watch_own_locks(
             Arc::downgrade(&inner),
-            inner.stop_watch.clone(),
+            inner.stop_tasks.clone(),
+        ));
+        tokio::spawn(clean_up_loop(
+            Arc::downgrade(&inner),
+            inner.stop_tasks.clone(),
         ));
         Ok(Self { inner })
     }
@@ -243,27 +280,22 @@ impl LockClient {
         self.inner.heartbeat.lost().await
     }
 
-    /// Releases every lock this client still holds, stops the heartbeat and deletes its
-    /// Lease. Returns the first error met; it still attempts every step.
+    /// Releases every lock this client still holds, makes a final attempt at every
+    /// pending clean-up, stops the heartbeat and deletes its Lease. Returns the first error
+    /// met; it still attempts every step. Whatever could not be deleted is reclaimed by the
+    /// controller (and the garbage collector) once the Lease is gone.
     pub async fn shutdown(&self) -> Result<()> {
-        self.inner.stop_watch.cancel();
-        let held: Vec<(String, HeldLock)> = self
-            .inner
-            .held
-            .lock()
-            .expect("held-locks mutex")
-            .drain()
-            .collect();
-        let mut first_error = None;
-        for (name, lock) in held {
+        self.inner.stop_tasks.cancel();
+        for (name, lock) in self.inner.own.drain() {
             lock.lost.cancel();
-            match self.inner.delete(&name, &lock.uid, &lock.issue).await {
-                Ok(()) | Err(Error::LockLost { .. }) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
+            self.inner.cleanup.queue(Orphan::lock(
+                name,
+                lock.issue,
+                lock.uid,
+                LeftBehind::Shutdown,
+            ));
         }
+        let mut first_error = self.inner.clean_up(Pass::Final).await;
         if let Err(e) = self.inner.heartbeat.stop().await {
             first_error.get_or_insert(e);
         }
@@ -271,7 +303,8 @@ impl LockClient {
     }
 
     /// Takes the lock on `issue`, runs `work` while holding it, cancels `work` (drops its
-    /// future) as soon as the lock may be lost, and releases the lock.
+    /// future) as soon as the lock may be lost, and releases the lock. A release that
+    /// fails is retried in the background while the client lives (see [`CleanupStats`]).
     ///
     /// This is the whole protocol for the common case: there is nothing else for the
     /// caller to get wrong.
@@ -308,7 +341,7 @@ impl LockClient {
                 output: Some(output),
             }),
             Err(e) => {
-                tracing::warn!(issue, error = %e.chain(), "work completed but the release failed; the lock is released at shutdown");
+                tracing::warn!(issue, error = %e.chain(), "work completed but the release failed; the lock is released in the background");
                 Ok(Outcome::Completed(output))
             }
         }
@@ -325,6 +358,15 @@ impl LockClient {
     }
 
     /// Tries once to take the lock on `issue`; never waits for a holder to let go.
+    ///
+    /// `Held` names another holder, or this very client when another of its tasks holds
+    /// the lock or is taking it right now (same Lease, other acquire call). A lock of this
+    /// client that nothing of it holds any more (an orphan) is deleted and the create
+    /// retried: it is never reported as held.
+    ///
+    /// If the call ends without the lock while a create of it may have been committed
+    /// (its outcome stayed unknown, the read-back failed, or this future was dropped after
+    /// the create was sent), the lock it may have left is cleaned up in the background.
     ///
     /// Errors: [`Error::InvalidKey`] before any call; [`Error::NameCollision`] if another
     /// key's lock has this key's name; API errors classified by [`classify`].
@@ -344,19 +386,22 @@ impl LockClient {
         *self.inner.stats.lock().expect("stats mutex")
     }
 
+    /// What the background clean-up has done so far.
+    pub fn cleanup_stats(&self) -> CleanupStats {
+        self.inner.cleanup.stats()
+    }
+
     async fn acquire_once(&self, issue: &str) -> Result<Acquisition> {
         let key = IssueKey::parse(issue)?;
         if !self.is_healthy() {
             return Err(Error::HeartbeatUnhealthy);
         }
         let name = key.lock_name();
-        // A nonce unique to this call: a read-back adopts only the object this very call
-        // created, never one another task of this client took (same Lease, same identity).
-        let nonce = crate::holder::random_suffix();
-        let desired = self.inner.desired_lock(&key, &name, &nonce);
+        let mut call = AcquireCall::begin(&self.inner, &key, &name);
+        let desired = self.inner.desired_lock(&key, &name, &call.nonce);
         let started = Instant::now();
-        let mut outcome_unknown = false;
         for _ in 0..CREATE_ATTEMPTS {
+            call.sending();
             let mut create_error = None;
             match self
                 .inner
@@ -367,74 +412,71 @@ impl LockClient {
                 .await
             {
                 Ok(Ok(created)) => {
-                    return self
-                        .inner
-                        .guard(key, created, started)
-                        .map(Acquisition::Acquired);
+                    call.answered();
+                    let guard = self.inner.guard(key, created, started)?;
+                    call.acquired();
+                    return Ok(Acquisition::Acquired(guard));
                 }
-                Ok(Err(e)) if is_status(&e, 409, "AlreadyExists") => {}
+                Ok(Err(e)) if is_status(&e, 409, "AlreadyExists") => call.answered(),
                 // 429 and 5xx (e.g. 504 from a proxy) may hide a committed create too.
                 Ok(Err(e))
                     if !is_transport(&e)
                         && !crate::error::status(&e)
                             .is_some_and(|s| s.code == 429 || s.code >= 500) =>
                 {
+                    call.answered();
                     return Err(classify("create lock", self.namespace(), e));
                 }
                 // Timed out or the connection broke: the create may have happened.
                 Ok(Err(e)) => {
-                    outcome_unknown = true;
+                    call.unknown();
                     create_error = Some(classify("create lock", self.namespace(), e));
                 }
                 Err(e) => {
-                    outcome_unknown = true;
+                    call.unknown();
                     create_error = Some(e);
                 }
             }
-            let existing = match self.read(&name).await {
+            let existing = match self.inner.read(&name).await {
                 Ok(existing) => existing,
                 // Neither call got through: report the create's failure.
                 Err(e) => return Err(create_error.unwrap_or(e)),
             };
-            match existing {
-                Some(existing) if existing.spec.issue != key.as_str() => {
-                    return Err(Error::NameCollision {
-                        issue: key.to_string(),
-                        name,
-                        other: existing.spec.issue,
-                    });
-                }
-                Some(existing) if outcome_unknown && self.inner.created_by(&existing, &nonce) => {
-                    return self
-                        .inner
-                        .guard(key, existing, started)
-                        .map(Acquisition::Acquired);
-                }
-                Some(existing) => {
-                    return Ok(Acquisition::Held(HeldBy {
-                        issue: existing.spec.issue,
-                        holder: existing.spec.holder,
-                        since: existing.metadata.creation_timestamp.map(|t| t.0),
-                    }));
-                }
+            let Some(existing) = existing else {
                 // Released between our create and our read, or never created: try again.
-                None => continue,
+                continue;
+            };
+            if existing.spec.issue != key.as_str() {
+                return Err(Error::NameCollision {
+                    issue: key.to_string(),
+                    name,
+                    other: existing.spec.issue,
+                });
             }
+            if self.inner.created_by(&existing, &call.nonce) {
+                let guard = self.inner.guard(key, existing, started)?;
+                call.acquired();
+                return Ok(Acquisition::Acquired(guard));
+            }
+            if self.inner.names_our_lease(&existing) && !self.inner.own.in_use(&existing) {
+                // Ours, but nothing of this client holds or is taking it: an orphan.
+                self.inner.release_orphan_found(&existing, &key).await?;
+                continue;
+            }
+            return Ok(Acquisition::Held(HeldBy {
+                issue: existing.spec.issue,
+                holder: existing.spec.holder,
+                since: existing.metadata.creation_timestamp.map(|t| t.0),
+            }));
         }
         Err(Error::Unreachable {
             step: "create lock",
             source: format!("outcome still unknown after {CREATE_ATTEMPTS} attempts").into(),
         })
     }
-
-    /// Reads the current lock object for `name`, if any.
-    async fn read(&self, name: &str) -> Result<Option<IssueLock>> {
-        self.inner
-            .call("read lock", self.inner.api.get_opt(name))
-            .await?
-            .map_err(|e| classify("read lock", self.namespace(), e))
-    }
 }
+
+// === impl Inner ===
 
 impl Inner {
     /// Runs one API call under the configured deadline.
@@ -446,13 +488,20 @@ impl Inner {
         within(step, self.config.call_timeout, fut).await
     }
 
+    /// Reads the current lock object for `name`, if any.
+    async fn read(&self, name: &str) -> Result<Option<IssueLock>> {
+        self.call("read lock", self.api.get_opt(name))
+            .await?
+            .map_err(|e| classify("read lock", &self.config.namespace, e))
+    }
+
     fn desired_lock(&self, key: &IssueKey, name: &str, nonce: &str) -> IssueLock {
         let holder = self.holder.clone();
         let mut lock = IssueLock::new(
             name,
             IssueLockSpec {
                 issue: key.to_string(),
-                max_hold_seconds: self.config.max_hold.map(|d| d.as_secs() as i64),
+                max_hold_seconds: self.config.max_hold.map(max_hold_seconds),
                 signature: None,
                 holder,
             },
@@ -484,22 +533,22 @@ impl Inner {
         lock
     }
 
-    /// True when `lock` is the object created by the acquire call that used `nonce`: it
-    /// names our heartbeat Lease (unique to this process run) and carries that nonce.
-    fn created_by(&self, lock: &IssueLock, nonce: &str) -> bool {
+    /// True when `lock` names our heartbeat Lease (unique to this process run), i.e. was
+    /// created by this client.
+    fn names_our_lease(&self, lock: &IssueLock) -> bool {
         lock.spec.holder.lease == self.holder.lease
             && lock.spec.holder.identity == self.holder.identity
-            && lock
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ACQUIRE_NONCE_ANNOTATION))
-                .map(String::as_str)
-                == Some(nonce)
+    }
+
+    /// True when `lock` is the object created by the acquire call that used `nonce`: it
+    /// names our heartbeat Lease and carries that nonce.
+    fn created_by(&self, lock: &IssueLock, nonce: &str) -> bool {
+        self.names_our_lease(lock) && acquire_nonce(lock) == Some(nonce)
     }
 
     /// Registers a lock we hold and hands out its guard. `acquired_at` is when the create
-    /// (or the first of the creates) that took it was sent.
+    /// (or the first of the creates) that took it was sent. A lock we cannot hand out (its
+    /// resourceVersion is no fencing token) is cleaned up.
     fn guard(
         self: &Arc<Self>,
         issue: IssueKey,
@@ -513,7 +562,14 @@ impl Inner {
             .resource_version
             .as_deref()
             .unwrap_or_default();
-        let fencing_token = FencingToken::from_resource_version(rv)?;
+        let fencing_token = match FencingToken::from_resource_version(rv) {
+            Ok(token) => token,
+            Err(e) => {
+                self.cleanup
+                    .queue(Orphan::lock(name, issue, uid, LeftBehind::NoFencingToken));
+                return Err(e);
+            }
+        };
         let lost = self.heartbeat.pulse().lost.child_token();
         let max_hold_deadline = self.config.max_hold.map(|max_hold| acquired_at + max_hold);
         if let Some(max_hold) = self.config.max_hold {
@@ -527,10 +583,11 @@ impl Inner {
                 }
             });
         }
-        self.held.lock().expect("held-locks mutex").insert(
+        self.own.register(
             name.clone(),
             HeldLock {
                 uid: uid.clone(),
+                fencing_token,
                 issue: issue.clone(),
                 lost: lost.clone(),
             },
@@ -543,35 +600,13 @@ impl Inner {
             fencing_token,
             lost,
             max_hold_deadline,
+            releasing: false,
             released: false,
         })
     }
 
-    fn forget(&self, name: &str, uid: &str) {
-        self.take(name, uid);
-    }
-
-    /// Unregisters the guard of `name` if it has `uid`, returning its entry.
-    fn take(&self, name: &str, uid: &str) -> Option<HeldLock> {
-        let mut held = self.held.lock().expect("held-locks mutex");
-        if held.get(name).is_some_and(|h| h.uid == uid) {
-            held.remove(name)
-        } else {
-            None
-        }
-    }
-
-    /// Marks the guard of `name` lost unless its uid is `still_uid`.
-    fn lost_unless(&self, name: &str, still_uid: Option<&str>) {
-        let held = self.held.lock().expect("held-locks mutex");
-        if let Some(h) = held.get(name)
-            && Some(h.uid.as_str()) != still_uid
-        {
-            tracing::warn!(issue = %h.issue, lock = name, "lock deleted or replaced by someone else");
-            h.lost.cancel();
-        }
-    }
-
+    /// Deletes `name` if it still has `uid`. [`Error::LockLost`] when it is gone or was
+    /// replaced.
     async fn delete(&self, name: &str, uid: &str, issue: &IssueKey) -> Result<()> {
         let params = DeleteParams::default().preconditions(Preconditions {
             uid: Some(uid.to_owned()),
@@ -590,11 +625,345 @@ impl Inner {
             Err(e) => Err(classify("release lock", &self.config.namespace, e)),
         }
     }
+
+    /// Deletes an orphan of ours found while acquiring; a transient failure hands it to
+    /// the background clean-up and fails the acquire.
+    async fn release_orphan_found(&self, lock: &IssueLock, issue: &IssueKey) -> Result<()> {
+        let name = lock.metadata.name.clone().unwrap_or_default();
+        let uid = lock.metadata.uid.clone().unwrap_or_default();
+        tracing::warn!(%issue, lock = %name, %uid, "found a lock of this client that nothing of it holds; releasing it");
+        match self.delete(&name, &uid, issue).await {
+            Ok(()) => {
+                self.cleanup.found();
+                self.cleanup.released();
+                Ok(())
+            }
+            Err(Error::LockLost { .. }) => {
+                self.cleanup.found();
+                Ok(())
+            }
+            Err(e) => {
+                self.cleanup.queue(Orphan::lock(
+                    name,
+                    issue.clone(),
+                    uid,
+                    LeftBehind::FoundOnCreate,
+                ));
+                Err(e)
+            }
+        }
+    }
+
+    /// One pass of the clean-up: every due orphan (every pending one on the final pass)
+    /// gets one attempt; those not done are queued again with a longer backoff. Returns
+    /// the first error met.
+    async fn clean_up(&self, pass: Pass) -> Option<Error> {
+        let _one_pass_at_a_time = self.cleanup.passes.lock().await;
+        let due = self.cleanup.take_due(Instant::now(), pass);
+        let attempts = due.into_iter().map(|orphan| async move {
+            let result = self.clean_up_one(&orphan).await;
+            (orphan, result)
+        });
+        let mut first_error = None;
+        for (orphan, result) in futures::future::join_all(attempts).await {
+            match result {
+                Ok(true) => self.cleanup.done(),
+                // Nothing there yet; at shutdown, a create landing later is the
+                // controller's to reclaim once our Lease is gone.
+                Ok(false) if pass == Pass::Final => self.cleanup.done(),
+                Ok(false) => self.cleanup.retry(orphan),
+                Err(e) => {
+                    tracing::debug!(issue = %orphan.issue, lock = %orphan.name, error = %e.chain(), "clean-up attempt failed; retrying with backoff");
+                    self.cleanup.retry(orphan);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error
+    }
+
+    /// One attempt at one orphan: true once it is deleted or proven absent. Only an
+    /// object carrying the orphan's uid or its acquire nonce (and our Lease) is deleted,
+    /// always under a `uid` precondition.
+    async fn clean_up_one(&self, orphan: &Orphan) -> Result<bool> {
+        let uid = match &orphan.target {
+            Target::Lock { uid } => uid.clone(),
+            Target::Create { nonce, settles_at } => {
+                let asked_at = Instant::now();
+                match self.read(&orphan.name).await? {
+                    Some(lock)
+                        if self.created_by(&lock, nonce)
+                            && !self
+                                .own
+                                .holds_uid(lock.metadata.uid.as_deref().unwrap_or_default()) =>
+                    {
+                        lock.metadata.uid.unwrap_or_default()
+                    }
+                    // Not (or not yet) there: a create still in flight may land until then.
+                    _ => return Ok(asked_at >= *settles_at),
+                }
+            }
+        };
+        match self.delete(&orphan.name, &uid, &orphan.issue).await {
+            Ok(()) if orphan.reason == LeftBehind::Shutdown => Ok(true),
+            Ok(()) => {
+                tracing::info!(issue = %orphan.issue, lock = %orphan.name, %uid, reason = orphan.reason.label(), "released a lock left behind");
+                self.cleanup.released();
+                Ok(true)
+            }
+            // Already gone, or replaced by someone else's lock: nothing of ours is left.
+            Err(Error::LockLost { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Rounds a library max hold time up to whole seconds for `maxHoldSeconds`, so the
+/// controller never acts before the holder's own timer.
+fn max_hold_seconds(max_hold: Duration) -> i64 {
+    let secs = max_hold.as_secs() + u64::from(max_hold.subsec_nanos() > 0);
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+fn acquire_nonce(lock: &IssueLock) -> Option<&str> {
+    lock.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ACQUIRE_NONCE_ANNOTATION))
+        .map(String::as_str)
+}
+
+fn is_transport(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::HyperError(_) | kube::Error::Service(_))
+}
+
+// === impl AcquireCall ===
+
+/// One acquire call, from before its first create is sent until it returns or is
+/// dropped. While it lives, a lock carrying its nonce is never taken for an orphan; if it
+/// ends without the lock while one of its creates may have been committed, that possible
+/// lock is handed to the clean-up (this also covers a `try_acquire` future dropped after
+/// its create was sent).
+struct AcquireCall<'a> {
+    inner: &'a Arc<Inner>,
+    issue: IssueKey,
+    name: String,
+    /// Unique to this call: a read-back adopts only the object this very call created,
+    /// never one another task of this client took (same Lease, same identity).
+    nonce: String,
+    /// When the create now in flight was sent.
+    in_flight: Option<Instant>,
+    /// When the latest create whose outcome stayed unknown was sent.
+    unknown: Option<Instant>,
+    acquired: bool,
+}
+
+impl<'a> AcquireCall<'a> {
+    fn begin(inner: &'a Arc<Inner>, issue: &IssueKey, name: &str) -> Self {
+        let nonce = crate::holder::random_suffix();
+        inner.own.begin_acquire(&nonce);
+        Self {
+            inner,
+            issue: issue.clone(),
+            name: name.to_owned(),
+            nonce,
+            in_flight: None,
+            unknown: None,
+            acquired: false,
+        }
+    }
+
+    fn sending(&mut self) {
+        self.in_flight = Some(Instant::now());
+    }
+
+    /// The create in flight was answered: committed or refused, we know which.
+    fn answered(&mut self) {
+        self.in_flight = None;
+    }
+
+    /// The create in flight may or may not have been committed.
+    fn unknown(&mut self) {
+        self.unknown = self.in_flight.take().or(self.unknown);
+    }
+
+    fn acquired(&mut self) {
+        self.acquired = true;
+    }
+}
+
+impl Drop for AcquireCall<'_> {
+    fn drop(&mut self) {
+        self.inner.own.end_acquire(&self.nonce);
+        if self.acquired {
+            // A create of this call still in flight can only land once our lock is gone.
+            return;
+        }
+        let (reason, sent) = match (self.in_flight, self.unknown) {
+            (Some(sent), _) => (LeftBehind::AcquireDropped, sent),
+            (None, Some(sent)) => (LeftBehind::CreateOutcomeUnknown, sent),
+            (None, None) => return,
+        };
+        self.inner.cleanup.queue(Orphan {
+            name: self.name.clone(),
+            issue: self.issue.clone(),
+            target: Target::Create {
+                nonce: self.nonce.clone(),
+                settles_at: sent + CREATE_MAY_LAND_WITHIN,
+            },
+            reason,
+            next_attempt: Instant::now(),
+            backoff: CLEANUP_BACKOFF_MIN,
+        });
+    }
+}
+
+// === impl OwnLocks ===
+
+/// This client's own locks: the guards alive and the acquire calls in flight, behind one
+/// mutex.
+#[derive(Default)]
+struct OwnLocks(Mutex<OwnLocksState>);
+
+#[derive(Default)]
+struct OwnLocksState {
+    /// Lock name → the guard holding it.
+    guards: HashMap<String, HeldLock>,
+    /// Nonces of the acquire calls in flight.
+    acquiring: HashSet<String>,
+    /// uids of the locks whose `release` is in flight.
+    releasing: HashSet<String>,
+}
+
+#[derive(Clone)]
+struct HeldLock {
+    uid: String,
+    fencing_token: FencingToken,
+    issue: IssueKey,
+    lost: CancellationToken,
+}
+
+impl OwnLocks {
+    fn state(&self) -> std::sync::MutexGuard<'_, OwnLocksState> {
+        self.0.lock().expect("own-locks mutex")
+    }
+
+    fn begin_acquire(&self, nonce: &str) {
+        self.state().acquiring.insert(nonce.to_owned());
+    }
+
+    fn end_acquire(&self, nonce: &str) {
+        self.state().acquiring.remove(nonce);
+    }
+
+    fn register(&self, name: String, lock: HeldLock) {
+        self.state().guards.insert(name, lock);
+    }
+
+    /// Unregisters the guard of `name` if it has `uid`, returning its entry.
+    fn take(&self, name: &str, uid: &str) -> Option<HeldLock> {
+        let mut state = self.state();
+        if state.guards.get(name).is_some_and(|h| h.uid == uid) {
+            state.guards.remove(name)
+        } else {
+            None
+        }
+    }
+
+    /// Unregisters the guard of `name` with `uid` for its release: from now on its own
+    /// delete is no loss, yet the lock is still in use until [`released`](Self::released).
+    /// False when it was not registered any more (shutdown released it).
+    fn releasing(&self, name: &str, uid: &str) -> bool {
+        let mut state = self.state();
+        if state.guards.get(name).is_some_and(|h| h.uid == uid) {
+            state.guards.remove(name);
+            state.releasing.insert(uid.to_owned());
+            true
+        } else {
+            false
+        }
+    }
+
+    fn released(&self, uid: &str) {
+        self.state().releasing.remove(uid);
+    }
+
+    fn drain(&self) -> Vec<(String, HeldLock)> {
+        self.state().guards.drain().collect()
+    }
+
+    fn holds_uid(&self, uid: &str) -> bool {
+        self.state().guards.values().any(|h| h.uid == uid)
+    }
+
+    /// True when a live guard of this client holds `lock` or is releasing it, or an
+    /// acquire call of this client in flight created it.
+    fn in_use(&self, lock: &IssueLock) -> bool {
+        let state = self.state();
+        let name = lock.metadata.name.as_deref().unwrap_or_default();
+        let uid = lock.metadata.uid.as_deref().unwrap_or_default();
+        state.guards.get(name).is_some_and(|h| h.uid == uid)
+            || state.releasing.contains(uid)
+            || acquire_nonce(lock).is_some_and(|n| state.acquiring.contains(n))
+    }
+
+    /// The lock object `uid` of `name` was deleted: its guard, if alive, has lost it. A
+    /// late Delete of a previous lock of the same name leaves a newer guard alone.
+    fn lost_if_deleted(&self, name: &str, uid: &str) {
+        self.lost_if(name, |h| h.uid == uid, "lock deleted by someone else");
+    }
+
+    /// `lock` is what the API server holds under its name at its resourceVersion: a
+    /// different object *newer* than our guard's means ours was deleted meanwhile. An
+    /// older one (a lagging cache, the late event of a previous lock) means nothing.
+    fn lost_if_replaced(&self, lock: &IssueLock) {
+        let name = lock.metadata.name.as_deref().unwrap_or_default();
+        let uid = lock.metadata.uid.as_deref().unwrap_or_default();
+        let version = lock
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|rv| FencingToken::from_resource_version(rv).ok());
+        self.lost_if(
+            name,
+            |h| h.uid != uid && version.is_none_or(|v| v > h.fencing_token),
+            "lock replaced by someone else's",
+        );
+    }
+
+    /// A fresh read (after our guard was registered) found `current` under `name`: the
+    /// guard with `uid`, if alive, lost its lock unless that is still its object.
+    fn lost_unless_current(&self, name: &str, uid: &str, current: Option<&str>) {
+        if current != Some(uid) {
+            self.lost_if(name, |h| h.uid == uid, "lock deleted or replaced");
+        }
+    }
+
+    fn lost_if(&self, name: &str, lost: impl Fn(&HeldLock) -> bool, why: &str) {
+        let state = self.state();
+        if let Some(h) = state.guards.get(name)
+            && lost(h)
+        {
+            tracing::warn!(issue = %h.issue, lock = name, uid = %h.uid, "{why}");
+            h.lost.cancel();
+        }
+    }
+
+    /// Guards whose object was not in a relist, as (name, uid).
+    fn unconfirmed(&self, listed: &HashSet<(String, String)>) -> Vec<(String, String)> {
+        self.state()
+            .guards
+            .iter()
+            .map(|(name, h)| (name.clone(), h.uid.clone()))
+            .filter(|entry| !listed.contains(entry))
+            .collect()
+    }
 }
 
 /// The one watch of a client: its own locks, selected by its Lease label. A lock deleted
-/// or replaced under one of our guards marks that guard lost. After a relist, guards whose
-/// lock is missing from the list are checked with a direct read.
+/// under one of our guards (its uid), or a newer object under its name, marks that guard
+/// lost. After a relist, guards whose lock is missing from the list are checked with a
+/// direct read. A lock that a pending create clean-up looks for is cleaned up at once.
 async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken) {
     let (api, selector) = match inner.upgrade() {
         Some(i) => (
@@ -606,65 +975,257 @@ async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken) {
     let mut events = watcher(api, watcher::Config::default().labels(&selector))
         .default_backoff()
         .boxed();
-    let mut listed: HashSet<String> = HashSet::new();
+    let mut listed: HashSet<(String, String)> = HashSet::new();
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
             e = events.next() => e,
         };
         let Some(inner) = inner.upgrade() else { return };
+        let identity = |lock: &IssueLock| {
+            (
+                lock.metadata.name.clone().unwrap_or_default(),
+                lock.metadata.uid.clone().unwrap_or_default(),
+            )
+        };
         match event {
             None => return,
             Some(Err(e)) => tracing::debug!(error = %e, "watch on own locks failed; retrying"),
             Some(Ok(watcher::Event::Init)) => listed.clear(),
             Some(Ok(watcher::Event::InitApply(lock))) => {
-                let name = lock.metadata.name.clone().unwrap_or_default();
-                inner.lost_unless(&name, lock.metadata.uid.as_deref());
-                listed.insert(name);
+                inner.own.lost_if_replaced(&lock);
+                inner.cleanup.landed(&lock);
+                listed.insert(identity(&lock));
             }
             Some(Ok(watcher::Event::InitDone)) => {
-                let missing: Vec<(String, String)> = {
-                    let held = inner.held.lock().expect("held-locks mutex");
-                    held.iter()
-                        .filter(|(name, _)| !listed.contains(*name))
-                        .map(|(name, h)| (name.clone(), h.uid.clone()))
-                        .collect()
-                };
-                for (name, _uid) in missing {
+                for (name, uid) in inner.own.unconfirmed(&listed) {
                     // Confirm with a direct read; if it cannot be confirmed, assume the worst.
                     let mut confirmed = None;
                     for _ in 0..3 {
-                        if let Ok(Ok(current)) =
-                            inner.call("read lock", inner.api.get_opt(&name)).await
-                        {
+                        if let Ok(current) = inner.read(&name).await {
                             confirmed = Some(current);
                             break;
                         }
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                    match confirmed {
-                        Some(current) => inner.lost_unless(
-                            &name,
-                            current.as_ref().and_then(|l| l.metadata.uid.as_deref()),
-                        ),
-                        None => inner.lost_unless(&name, None),
-                    }
+                    let current = confirmed.flatten().and_then(|l| l.metadata.uid);
+                    inner
+                        .own
+                        .lost_unless_current(&name, &uid, current.as_deref());
                 }
             }
             Some(Ok(watcher::Event::Apply(lock))) => {
-                let name = lock.metadata.name.clone().unwrap_or_default();
-                inner.lost_unless(&name, lock.metadata.uid.as_deref());
+                inner.own.lost_if_replaced(&lock);
+                inner.cleanup.landed(&lock);
             }
             Some(Ok(watcher::Event::Delete(lock))) => {
-                let name = lock.metadata.name.clone().unwrap_or_default();
-                inner.lost_unless(&name, None);
+                let (name, uid) = identity(&lock);
+                inner.own.lost_if_deleted(&name, &uid);
             }
         }
     }
 }
 
-fn is_transport(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::HyperError(_) | kube::Error::Service(_))
+// === impl Cleanup ===
+
+/// A lock this client may have left behind.
+struct Orphan {
+    name: String,
+    issue: IssueKey,
+    target: Target,
+    reason: LeftBehind,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+enum Target {
+    /// A lock object we held: deleted by its uid.
+    Lock { uid: String },
+    /// Whatever a create of unknown outcome may have committed: the object carrying its
+    /// nonce, looked for until `settles_at` (after which that create can no longer land).
+    Create { nonce: String, settles_at: Instant },
+}
+
+/// Why a lock went to the clean-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeftBehind {
+    /// Still held at shutdown: an ordinary release, neither logged nor counted.
+    Shutdown,
+    /// A guard dropped without `release`: the documented background release.
+    GuardDropped,
+    /// `release` failed (not with `LockLost`).
+    ReleaseFailed,
+    /// A create (or its read-back) got no conclusive answer.
+    CreateOutcomeUnknown,
+    /// A `try_acquire` future was dropped after its create was sent.
+    AcquireDropped,
+    /// A lock of ours that nothing of this client held, found by a create, could not
+    /// be deleted on the spot.
+    FoundOnCreate,
+    /// The create's resourceVersion was no fencing token, so no guard was handed out.
+    NoFencingToken,
+}
+
+impl LeftBehind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Shutdown => "held at shutdown",
+            Self::GuardDropped => "guard dropped without release",
+            Self::ReleaseFailed => "release failed",
+            Self::CreateOutcomeUnknown => "create outcome unknown",
+            Self::AcquireDropped => "acquire call dropped after its create was sent",
+            Self::FoundOnCreate => "orphan found on create",
+            Self::NoFencingToken => "no fencing token",
+        }
+    }
+}
+
+/// Which orphans a clean-up pass attempts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Those whose backoff has elapsed.
+    Due,
+    /// All of them, once, at shutdown.
+    Final,
+}
+
+impl Orphan {
+    /// A lock object we held (uid known), to delete at once.
+    fn lock(name: String, issue: IssueKey, uid: String, reason: LeftBehind) -> Self {
+        Self {
+            name,
+            issue,
+            target: Target::Lock { uid },
+            reason,
+            next_attempt: Instant::now(),
+            backoff: CLEANUP_BACKOFF_MIN,
+        }
+    }
+}
+
+/// The one background clean-up of a client: what it may have left behind, retried with
+/// capped exponential backoff ([`CLEANUP_BACKOFF_MIN`] to [`CLEANUP_BACKOFF_MAX`]) until
+/// deleted or proven absent, for as long as the client lives.
+#[derive(Default)]
+struct Cleanup {
+    pending: Mutex<Vec<Orphan>>,
+    /// Orphans queued and not yet done (including those being attempted right now).
+    outstanding: AtomicU64,
+    queued: AtomicU64,
+    released: AtomicU64,
+    wake: Arc<Notify>,
+    /// One pass at a time, so the final pass at shutdown sees every orphan.
+    passes: tokio::sync::Mutex<()>,
+}
+
+impl Cleanup {
+    fn queue(&self, orphan: Orphan) {
+        let (issue, lock, reason) = (&orphan.issue, &orphan.name, orphan.reason.label());
+        match orphan.reason {
+            LeftBehind::Shutdown => {}
+            LeftBehind::GuardDropped => {
+                tracing::info!(%issue, %lock, reason, "releasing the lock in the background");
+                self.found();
+            }
+            _ => {
+                tracing::warn!(%issue, %lock, reason, "a lock may be left behind; cleaning it up in the background");
+                self.found();
+            }
+        }
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().expect("clean-up mutex").push(orphan);
+        self.wake.notify_one();
+    }
+
+    /// Counts an orphan (queued, or found and dealt with on the spot).
+    fn found(&self) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn released(&self) {
+        self.released.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn done(&self) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn retry(&self, mut orphan: Orphan) {
+        orphan.next_attempt = Instant::now() + orphan.backoff;
+        orphan.backoff = (orphan.backoff * 2).min(CLEANUP_BACKOFF_MAX);
+        self.pending.lock().expect("clean-up mutex").push(orphan);
+    }
+
+    fn take_due(&self, now: Instant, pass: Pass) -> Vec<Orphan> {
+        let mut pending = self.pending.lock().expect("clean-up mutex");
+        let (due, later) = pending
+            .drain(..)
+            .partition(|o| pass == Pass::Final || o.next_attempt <= now);
+        *pending = later;
+        due
+    }
+
+    /// `lock` was seen on the watch: if it is what a pending create clean-up looks for,
+    /// attempt that now rather than after its backoff.
+    fn landed(&self, lock: &IssueLock) {
+        let Some(nonce) = acquire_nonce(lock) else {
+            return;
+        };
+        let mut landed = false;
+        for orphan in self.pending.lock().expect("clean-up mutex").iter_mut() {
+            if matches!(&orphan.target, Target::Create { nonce: n, .. } if n == nonce) {
+                orphan.next_attempt = Instant::now();
+                landed = true;
+            }
+        }
+        if landed {
+            self.wake.notify_one();
+        }
+    }
+
+    fn next_attempt(&self) -> Option<Instant> {
+        let pending = self.pending.lock().expect("clean-up mutex");
+        pending.iter().map(|o| o.next_attempt).min()
+    }
+
+    fn stats(&self) -> CleanupStats {
+        CleanupStats {
+            queued: self.queued.load(Ordering::Relaxed),
+            pending: self.outstanding.load(Ordering::Relaxed),
+            released: self.released.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Runs clean-up passes whenever an orphan is queued or a backoff elapses, until the
+/// client is dropped or shut down.
+async fn clean_up_loop(inner: Weak<Inner>, stop: CancellationToken) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let next = strong.cleanup.next_attempt();
+        let wake = strong.cleanup.wake.clone();
+        drop(strong);
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = sleep => {}
+        }
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        strong.clean_up(Pass::Due).await;
+    }
 }
 
 // === impl LockGuard ===
@@ -672,7 +1233,8 @@ fn is_transport(e: &kube::Error) -> bool {
 /// Proof that this process held the lock on one issue when the API server answered.
 ///
 /// Dropping a guard without [`release`](Self::release) releases the lock in the
-/// background; call `release` to learn whether it was still held.
+/// background (retried while the client lives); call `release` to learn whether it was
+/// still held.
 pub struct LockGuard {
     inner: Arc<Inner>,
     issue: IssueKey,
@@ -681,6 +1243,9 @@ pub struct LockGuard {
     fencing_token: FencingToken,
     lost: CancellationToken,
     max_hold_deadline: Option<Instant>,
+    /// `release` unregistered it and sent (or is about to send) its delete.
+    releasing: bool,
+    /// `release` got its answer: nothing left for Drop to do.
     released: bool,
 }
 
@@ -752,58 +1317,53 @@ impl LockGuard {
     /// Gives the lock back: one `DELETE` with a `uid` precondition.
     ///
     /// [`Error::LockLost`] when the lock was already deleted or replaced: the work done
-    /// under it may have overlapped with another holder's.
+    /// under it may have overlapped with another holder's. Any other error (or this
+    /// future dropped before the answer) leaves the release to the client's background
+    /// clean-up, which retries it while the client lives.
     pub async fn release(mut self) -> Result<()> {
-        self.released = true;
         // Unregister first, so our own delete is not reported as a loss by the watch.
-        let entry = self.inner.take(&self.name, &self.uid);
+        // (Not registered any more: shutdown has released it already.)
+        let registered = self.inner.own.releasing(&self.name, &self.uid);
+        self.releasing = registered;
+        self.lost.cancel();
         let result = self.inner.delete(&self.name, &self.uid, &self.issue).await;
-        if let (Err(e), Some(entry)) = (&result, entry)
+        // From here on, Drop leaves the lock alone.
+        self.released = true;
+        self.inner.own.released(&self.uid);
+        if let Err(e) = &result
+            && registered
             && !matches!(e, Error::LockLost { .. })
         {
-            // A transient failure keeps the lock registered, so shutdown retries it.
-            self.inner
-                .held
-                .lock()
-                .expect("held-locks mutex")
-                .insert(self.name.clone(), entry);
+            self.inner.cleanup.queue(Orphan::lock(
+                self.name.clone(),
+                self.issue.clone(),
+                self.uid.clone(),
+                LeftBehind::ReleaseFailed,
+            ));
         }
-        self.lost.cancel();
         result
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        self.lost.cancel();
         if self.released {
             return;
         }
-        self.inner.forget(&self.name, &self.uid);
-        self.lost.cancel();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (inner, name, uid, issue) = (
-                self.inner.clone(),
-                self.name.clone(),
-                self.uid.clone(),
-                self.issue.clone(),
-            );
-            rt.spawn(async move {
-                // Transient failures are retried with backoff (1, 2, 4, 8 s); a lock left
-                // behind is reclaimed once this process's Lease expires.
-                for attempt in 0..5u32 {
-                    match inner.delete(&name, &uid, &issue).await {
-                        Ok(()) | Err(Error::LockLost { .. }) => return,
-                        Err(e) if e.is_transient() && attempt < 4 => {
-                            tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(issue = %issue, error = %e.chain(), "background release of a dropped guard failed");
-                            return;
-                        }
-                    }
-                }
-            });
+        // Still registered (a plain drop), or unregistered by a `release` whose future was
+        // dropped before its answer; otherwise shutdown has released it already.
+        let ours = self.inner.own.take(&self.name, &self.uid).is_some() || self.releasing;
+        if !ours {
+            return;
         }
+        self.inner.own.released(&self.uid);
+        self.inner.cleanup.queue(Orphan::lock(
+            self.name.clone(),
+            self.issue.clone(),
+            self.uid.clone(),
+            LeftBehind::GuardDropped,
+        ));
     }
 }
 
@@ -821,5 +1381,69 @@ mod tests {
         let b = FencingToken::from_resource_version("1000").unwrap();
         assert!(a < b);
         assert!(FencingToken::from_resource_version("abc").is_err());
+    }
+
+    fn guarded(own: &OwnLocks, uid: &str, token: u64) -> CancellationToken {
+        let lost = CancellationToken::new();
+        own.register(
+            "l".into(),
+            HeldLock {
+                uid: uid.into(),
+                fencing_token: FencingToken(token),
+                issue: IssueKey::parse("i").unwrap(),
+                lost: lost.clone(),
+            },
+        );
+        lost
+    }
+
+    fn object(uid: &str, rv: &str) -> IssueLock {
+        let mut lock: IssueLock = serde_json::from_value(serde_json::json!({
+            "apiVersion": "issuelock.dev/v1alpha1", "kind": "IssueLock",
+            "metadata": {"name": "l", "namespace": "ns"},
+            "spec": {"issue": "i", "holder": {"identity": "h", "lease": "l"}}
+        }))
+        .unwrap();
+        lock.metadata.uid = Some(uid.into());
+        lock.metadata.resource_version = Some(rv.into());
+        lock
+    }
+
+    #[test]
+    fn a_late_delete_of_the_previous_lock_leaves_a_reacquired_guard_alone() {
+        let own = OwnLocks::default();
+        let lost = guarded(&own, "new", 50);
+        own.lost_if_deleted("l", "old");
+        own.lost_if_replaced(&object("old", "40"));
+        assert!(!lost.is_cancelled());
+        own.lost_if_deleted("l", "new");
+        assert!(lost.is_cancelled());
+    }
+
+    #[test]
+    fn a_newer_object_under_the_name_means_the_lock_was_lost() {
+        let own = OwnLocks::default();
+        let lost = guarded(&own, "ours", 50);
+        own.lost_if_replaced(&object("ours", "55"));
+        assert!(!lost.is_cancelled(), "our own object, updated");
+        own.lost_if_replaced(&object("theirs", "60"));
+        assert!(lost.is_cancelled());
+    }
+
+    #[test]
+    fn a_fresh_read_confirms_or_loses_exactly_the_guard_it_was_made_for() {
+        let own = OwnLocks::default();
+        let lost = guarded(&own, "ours", 50);
+        own.lost_unless_current("l", "ours", Some("ours"));
+        own.lost_unless_current("l", "previous", None);
+        assert!(!lost.is_cancelled());
+        own.lost_unless_current("l", "ours", None);
+        assert!(lost.is_cancelled());
+    }
+
+    #[test]
+    fn max_hold_seconds_round_up() {
+        assert_eq!(max_hold_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(max_hold_seconds(Duration::from_millis(2001)), 3);
     }
 }

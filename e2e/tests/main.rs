@@ -9,6 +9,7 @@ mod chart;
 mod crd;
 mod holder;
 mod leader;
+mod leaks;
 mod namespaces;
 mod process_tree;
 mod reclaim;

@@ -36,7 +36,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use metrics::Metrics;
-use observations::{LeaseKey, Observations};
+use observations::{FirstSeen, LeaseKey, Observations, lease_key};
 use pod_reads::RecentPodReads;
 use serde_json::json;
 use staleness::{Facts, LeaseFacts, PodFacts, Reason, SignatureFacts, Verdict, judge};
@@ -99,7 +99,7 @@ pub struct Context {
     /// Recent reads of pods outside the watched namespace.
     pod_reads: RecentPodReads,
     /// When this controller first saw each lock (by uid), on its monotonic clock.
-    first_seen: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    first_seen: FirstSeen,
     /// Metrics of this process.
     pub metrics: Arc<Metrics>,
 }
@@ -119,21 +119,7 @@ impl Context {
     /// create is sent) gives the lock up; after a controller restart, later than that.
     fn held_for(&self, lock: &IssueLock) -> Duration {
         let now = Instant::now();
-        now.saturating_duration_since(self.first_seen_at(lock, now).0)
-    }
-
-    /// When this controller first saw `lock` (recording `now` if never), and whether that
-    /// is now.
-    fn first_seen_at(&self, lock: &IssueLock, now: Instant) -> (Instant, bool) {
-        let uid = lock.uid().unwrap_or_default();
-        let mut first_seen = self.first_seen.lock().expect("first-seen mutex");
-        match first_seen.get(&uid) {
-            Some(at) => (*at, false),
-            None => {
-                first_seen.insert(uid, now);
-                (now, true)
-            }
-        }
+        now.saturating_duration_since(self.first_seen.record(lock, now).0)
     }
 
     /// Refreshes the gauges: leadership, locks held, and the largest time since a held
@@ -244,23 +230,12 @@ pub async fn run(
         .default_backoff()
         .reflect(lock_writer)
         .inspect(synced.tracker(0))
-        .inspect(move |event| match event {
-            // A lock uid seen for the first time after the initial list is a new acquisition.
-            Ok(watcher::Event::Apply(lock)) if counted.first_seen_at(lock, Instant::now()).1 => {
+        .inspect(move |event| {
+            if let Ok(event) = event
+                && counted.first_seen.on_event(event, Instant::now())
+            {
                 counted.metrics.acquisitions.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(watcher::Event::InitApply(lock)) => {
-                counted.first_seen_at(lock, Instant::now());
-            }
-            Ok(watcher::Event::Delete(lock)) => {
-                let uid = lock.uid().unwrap_or_default();
-                counted
-                    .first_seen
-                    .lock()
-                    .expect("first-seen mutex")
-                    .remove(&uid);
-            }
-            _ => {}
         })
         .touched_objects()
         .filter_map(retried_by_watcher);
@@ -276,20 +251,13 @@ pub async fn run(
     .filter_map(move |event| {
         // Renewals only move the observation clock; deletions trigger the locks.
         let out = match event {
-            Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
-                obs_ctx.observations.observe(
-                    lease_key(&lease),
-                    &lease.resource_version().unwrap_or_default(),
-                    lease_duration(&lease),
-                    Instant::now(),
-                );
-                None
+            Ok(event) => {
+                obs_ctx.observations.on_event(&event, Instant::now());
+                match event {
+                    watcher::Event::Delete(lease) => Some(Ok(lease)),
+                    _ => None,
+                }
             }
-            Ok(watcher::Event::Delete(lease)) => {
-                obs_ctx.observations.forget(&lease_key(&lease));
-                Some(Ok(lease))
-            }
-            Ok(_) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "lease watch failed; retrying with backoff");
                 None
@@ -419,10 +387,6 @@ fn trim_pod(pod: &mut Pod) {
     });
 }
 
-fn lease_key(lease: &Lease) -> LeaseKey {
-    (lease.namespace().unwrap_or_default(), lease.name_any())
-}
-
 /// Reconcile errors: the failed step, for logs and the error metric.
 #[derive(Debug, thiserror::Error)]
 #[error("failed to {step}")]
@@ -454,6 +418,11 @@ async fn reconcile(lock: Arc<IssueLock>, ctx: Arc<Context>) -> Result<Action, Re
 async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, ReconcileError> {
     if lock.metadata.deletion_timestamp.is_some() || !ctx.leadership.is_leading() {
         // Standbys keep their caches and Lease observations warm, and act once elected.
+        // Waiting for a change drops the lock from the schedule, which is safe only
+        // because leading again always takes a new term (`Leadership::is_leading` ends a
+        // term at its first lapse of trust) and every new term reconciles every lock
+        // (`reconcile_all_on(leadership.elected())`). That costs nothing per lock while
+        // standing by, where a periodic requeue would wake every lock on every standby.
         return Ok(Action::await_change());
     }
     let ns = lock.namespace().unwrap_or_default();

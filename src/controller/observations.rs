@@ -1,4 +1,5 @@
-//! When the controller last saw each heartbeat Lease change, on its own monotonic clock.
+//! What the controller saw, on its own monotonic clock: when each heartbeat Lease last
+//! changed ([`Observations`]) and when each lock was first seen ([`FirstSeen`]).
 //!
 //! A Lease "changes" when its resourceVersion changes (every renewal is a write). Remote
 //! timestamps (`renewTime`) are never compared with the local clock: clocks skew.
@@ -7,8 +8,17 @@
 //! `leaseDurationSeconds` seen on that Lease. A holder never shortens its own Lease, so a
 //! shorter value was written by someone else, and must not get the holder's locks
 //! reclaimed before the holder itself can notice the change and stop.
+//!
+//! Both are fed by watch events and keep an entry per object until its Delete event, or
+//! until a relist (watcher `Init` … `InitDone`) no longer contains it: a Delete missed in
+//! a watch gap never leaks an entry.
 
-use std::collections::HashMap;
+use crate::crd::IssueLock;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::ResourceExt;
+use kube::runtime::watcher;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -27,13 +37,48 @@ pub struct Seen {
 /// Lease key: namespace and name.
 pub type LeaseKey = (String, String);
 
+/// The key of a Lease.
+pub fn lease_key(lease: &Lease) -> LeaseKey {
+    (lease.namespace().unwrap_or_default(), lease.name_any())
+}
+
 /// Observations of all heartbeat Leases.
 #[derive(Debug, Default)]
 pub struct Observations {
     seen: Mutex<HashMap<LeaseKey, Seen>>,
+    relist: Mutex<Relist<LeaseKey>>,
 }
 
 impl Observations {
+    /// Feeds one event of the heartbeat Lease watch, seen at `now`: a Lease applied is
+    /// observed, a Lease deleted forgotten, and a completed relist forgets every Lease it
+    /// did not contain.
+    pub fn on_event(&self, event: &watcher::Event<Lease>, now: Instant) {
+        let relisted = self
+            .relist
+            .lock()
+            .expect("relist mutex")
+            .on_event(event, lease_key);
+        if let Some(listed) = relisted {
+            self.seen
+                .lock()
+                .expect("observations mutex")
+                .retain(|key, _| listed.contains(key));
+        }
+        match event {
+            watcher::Event::Apply(lease) | watcher::Event::InitApply(lease) => {
+                self.observe(
+                    lease_key(lease),
+                    &lease.resource_version().unwrap_or_default(),
+                    crate::heartbeat::lease_duration(lease),
+                    now,
+                );
+            }
+            watcher::Event::Delete(lease) => self.forget(&lease_key(lease)),
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+
     /// Records that the Lease has `resource_version` at `now`; keeps the earlier time if
     /// the version is the one already seen, and ignores a version older than the one seen
     /// (a lagging cache after a direct read), so the clock never restarts for an old
@@ -77,6 +122,100 @@ impl Observations {
     }
 }
 
+/// When the controller first saw each lock (by uid), on its monotonic clock.
+#[derive(Debug, Default)]
+pub struct FirstSeen {
+    at: Mutex<HashMap<String, Instant>>,
+    relist: Mutex<Relist<String>>,
+}
+
+impl FirstSeen {
+    /// When `lock` was first seen (recording `now` if never), and whether that is now.
+    pub fn record(&self, lock: &IssueLock, now: Instant) -> (Instant, bool) {
+        let uid = lock.uid().unwrap_or_default();
+        let mut at = self.at.lock().expect("first-seen mutex");
+        match at.get(&uid) {
+            Some(seen) => (*seen, false),
+            None => {
+                at.insert(uid, now);
+                (now, true)
+            }
+        }
+    }
+
+    /// Feeds one event of the lock watch, seen at `now`. True when it shows a new
+    /// acquisition: a lock uid first seen after the initial list.
+    pub fn on_event(&self, event: &watcher::Event<IssueLock>, now: Instant) -> bool {
+        let relisted = self
+            .relist
+            .lock()
+            .expect("relist mutex")
+            .on_event(event, |l| l.uid().unwrap_or_default());
+        if let Some(listed) = relisted {
+            self.at
+                .lock()
+                .expect("first-seen mutex")
+                .retain(|uid, _| listed.contains(uid));
+        }
+        match event {
+            watcher::Event::Apply(lock) => self.record(lock, now).1,
+            watcher::Event::InitApply(lock) => {
+                self.record(lock, now);
+                false
+            }
+            watcher::Event::Delete(lock) => {
+                let uid = lock.uid().unwrap_or_default();
+                self.at.lock().expect("first-seen mutex").remove(&uid);
+                false
+            }
+            watcher::Event::Init | watcher::Event::InitDone => false,
+        }
+    }
+
+    /// How many locks are remembered.
+    pub fn len(&self) -> usize {
+        self.at.lock().expect("first-seen mutex").len()
+    }
+
+    /// True when no lock is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The keys of the objects one relist delivered (watcher `Init` … `InitDone`).
+#[derive(Debug)]
+struct Relist<K> {
+    listed: HashSet<K>,
+}
+
+impl<K> Default for Relist<K> {
+    fn default() -> Self {
+        Self {
+            listed: HashSet::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> Relist<K> {
+    /// Feeds one watch event; at `InitDone`, returns every key the relist contained.
+    fn on_event<T>(
+        &mut self,
+        event: &watcher::Event<T>,
+        key: impl Fn(&T) -> K,
+    ) -> Option<HashSet<K>> {
+        match event {
+            watcher::Event::Init => self.listed.clear(),
+            watcher::Event::InitApply(object) => {
+                self.listed.insert(key(object));
+            }
+            watcher::Event::InitDone => return Some(std::mem::take(&mut self.listed)),
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => {}
+        }
+        None
+    }
+}
+
 /// True when `a` is a strictly older resourceVersion than `b`. Resource versions are
 /// etcd revisions (decimal integers, comparable since Kubernetes 1.35); anything else is
 /// treated as not older, i.e. as a change.
@@ -104,6 +243,67 @@ mod tests {
         assert_eq!(o.observe(key.clone(), "2", D, t1).at, t1);
         o.forget(&key);
         assert!(o.get(&key).is_none());
+    }
+
+    fn lease(name: &str, rv: &str) -> Lease {
+        let mut lease = Lease::default();
+        lease.metadata.name = Some(name.into());
+        lease.metadata.namespace = Some("ns".into());
+        lease.metadata.resource_version = Some(rv.into());
+        lease
+    }
+
+    fn lock(uid: &str) -> IssueLock {
+        let mut lock: IssueLock = serde_json::from_value(serde_json::json!({
+            "apiVersion": "issuelock.dev/v1alpha1", "kind": "IssueLock",
+            "metadata": {"name": "l", "namespace": "ns"},
+            "spec": {"issue": "i", "holder": {"identity": "h", "lease": "l"}}
+        }))
+        .unwrap();
+        lock.metadata.uid = Some(uid.into());
+        lock
+    }
+
+    #[test]
+    fn a_relist_forgets_leases_deleted_during_a_watch_gap() {
+        let o = Observations::default();
+        let t0 = Instant::now();
+        o.on_event(&watcher::Event::Apply(lease("kept", "1")), t0);
+        o.on_event(&watcher::Event::Apply(lease("gone", "2")), t0);
+        // The watch broke; "gone" was deleted meanwhile; the relist does not contain it.
+        o.on_event(&watcher::Event::Init, t0);
+        o.on_event(&watcher::Event::InitApply(lease("kept", "1")), t0);
+        o.on_event(&watcher::Event::InitDone, t0);
+        let key = |n: &str| ("ns".to_owned(), n.to_owned());
+        assert_eq!(o.get(&key("kept")).map(|s| s.at), Some(t0));
+        assert!(o.get(&key("gone")).is_none());
+    }
+
+    #[test]
+    fn a_relist_forgets_locks_deleted_during_a_watch_gap() {
+        let f = FirstSeen::default();
+        let t0 = Instant::now();
+        f.on_event(&watcher::Event::Init, t0);
+        f.on_event(&watcher::Event::InitApply(lock("a")), t0);
+        f.on_event(&watcher::Event::InitDone, t0);
+        assert!(
+            f.on_event(&watcher::Event::Apply(lock("b")), t0),
+            "new acquisition"
+        );
+        assert!(
+            !f.on_event(&watcher::Event::Apply(lock("b")), t0),
+            "seen before"
+        );
+        f.on_event(&watcher::Event::Init, t0);
+        f.on_event(&watcher::Event::InitApply(lock("a")), t0);
+        f.on_event(&watcher::Event::InitDone, t0);
+        assert_eq!(f.len(), 1);
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(
+            f.record(&lock("a"), later),
+            (t0, false),
+            "kept its first sighting"
+        );
     }
 
     #[test]
