@@ -413,9 +413,7 @@ impl LockClient {
             {
                 Ok(Ok(created)) => {
                     call.answered();
-                    let guard = self.inner.guard(key, created, started)?;
-                    call.acquired();
-                    return Ok(Acquisition::Acquired(guard));
+                    return self.taken(key, &desired.spec, created, started, call).await;
                 }
                 Ok(Err(e)) if is_status(&e, 409, "AlreadyExists") => call.answered(),
                 // 429 and 5xx (e.g. 504 from a proxy) may hide a committed create too.
@@ -454,9 +452,9 @@ impl LockClient {
                 });
             }
             if self.inner.created_by(&existing, &call.nonce) {
-                let guard = self.inner.guard(key, existing, started)?;
-                call.acquired();
-                return Ok(Acquisition::Acquired(guard));
+                return self
+                    .taken(key, &desired.spec, existing, started, call)
+                    .await;
             }
             if self.inner.names_our_lease(&existing) && !self.inner.own.in_use(&existing) {
                 // Ours, but nothing of this client holds or is taking it: an orphan.
@@ -473,6 +471,30 @@ impl LockClient {
             step: "create lock",
             source: format!("outcome still unknown after {CREATE_ATTEMPTS} attempts").into(),
         })
+    }
+
+    /// Hands out the guard of the lock this call created (`stored`, as the API server
+    /// keeps it), unless the server pruned the spec we sent: a lock held under a record
+    /// that misdescribes us (e.g. without the pod namespace the controller needs) is given
+    /// back at once.
+    async fn taken(
+        &self,
+        key: IssueKey,
+        sent: &IssueLockSpec,
+        stored: IssueLock,
+        started: Instant,
+        mut call: AcquireCall<'_>,
+    ) -> Result<Acquisition> {
+        let dropped = dropped_fields(sent, &stored.spec);
+        let guard = self.inner.guard(key, stored, started)?;
+        call.acquired();
+        match dropped {
+            None => Ok(Acquisition::Acquired(guard)),
+            Some(error) => {
+                let _ = guard.release().await;
+                Err(error)
+            }
+        }
     }
 }
 
@@ -731,6 +753,27 @@ fn acquire_nonce(lock: &IssueLock) -> Option<&str> {
         .as_ref()
         .and_then(|a| a.get(ACQUIRE_NONCE_ANNOTATION))
         .map(String::as_str)
+}
+
+/// The error to report when the API server stored a lock spec other than the one sent:
+/// its CRD is older than this client and pruned fields it does not know (for instance
+/// `spec.holder.pod.namespace`, without which the controller would look for the holder's
+/// pod in the wrong namespace and reclaim a live holder's locks).
+fn dropped_fields(sent: &IssueLockSpec, stored: &IssueLockSpec) -> Option<Error> {
+    if sent == stored {
+        return None;
+    }
+    let pod_namespace = |s: &IssueLockSpec| s.holder.pod.as_ref().and_then(|p| p.namespace.clone());
+    let what = if pod_namespace(sent) != pod_namespace(stored) {
+        "spec.holder.pod.namespace"
+    } else {
+        "some fields of spec"
+    };
+    Some(Error::Config(format!(
+        "the API server dropped {what} from the lock this client created: the IssueLock CRD \
+         in the cluster is older than this client; apply this version's CRD \
+         (`issuelock crd | kubectl apply -f -`, or upgrade the chart) and try again"
+    )))
 }
 
 fn is_transport(e: &kube::Error) -> bool {
@@ -1374,6 +1417,28 @@ mod mock_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_pruned_by_an_old_crd_is_reported() {
+        let spec = |ns: Option<&str>| IssueLockSpec {
+            issue: "org/repo#1".into(),
+            holder: Holder {
+                identity: "w".into(),
+                pod: Some(crate::crd::HolderPod {
+                    name: "w".into(),
+                    uid: "u".into(),
+                    namespace: ns.map(Into::into),
+                }),
+                lease: "w-1".into(),
+                user: None,
+            },
+            max_hold_seconds: None,
+            signature: None,
+        };
+        assert!(dropped_fields(&spec(Some("ci")), &spec(Some("ci"))).is_none());
+        let e = dropped_fields(&spec(Some("ci")), &spec(None)).expect("pruned");
+        assert!(e.to_string().contains("spec.holder.pod.namespace"), "{e}");
+    }
 
     #[test]
     fn fencing_tokens_compare_numerically() {

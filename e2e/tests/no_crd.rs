@@ -34,4 +34,50 @@ async fn a_cluster_without_the_crd_is_named() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("is not installed"));
+
+    a_crd_older_than_the_client_is_named();
+}
+
+/// A CRD from before `spec.holder.pod.namespace` prunes that field; a holder whose pod is
+/// in another namespace would then be judged by a pod the controller cannot find. The
+/// client notices the pruned create, gives the lock back and says what to do.
+fn a_crd_older_than_the_client_is_named() {
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/issuelock.dev_issuelocks.yaml"
+    );
+    let mut old: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(crd).unwrap()).unwrap();
+    let pod = &mut old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["holder"]["properties"]["pod"]["properties"];
+    assert!(
+        pod.as_mapping_mut().unwrap().remove("namespace").is_some(),
+        "the committed CRD has spec.holder.pod.namespace"
+    );
+    let out = kubectl_stdin(&["apply", "-f", "-"], &serde_yaml::to_string(&old).unwrap());
+    assert!(out.status.success(), "{}", text(&out).1);
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/issuelocks.issuelock.dev",
+    ]);
+    let out = issuelock()
+        .args(["run", "-n", "default", "--issue", "old-crd", "--", "true"])
+        .env("POD_NAME", "worker-0")
+        .env("POD_UID", "00000000-0000-0000-0000-000000000001")
+        .env("POD_NAMESPACE", "elsewhere")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("dropped spec.holder.pod.namespace")
+            && stderr.contains("older than this client"),
+        "{stderr}"
+    );
+    let left = kubectl_ok(&["get", "issuelocks", "-n", "default", "-o", "name"]);
+    assert!(left.trim().is_empty(), "no lock left behind: {left}");
+    // Leave the cluster as found: without the CRD.
+    kubectl_ok(&["delete", "crd", "issuelocks.issuelock.dev", "--wait=true"]);
 }
