@@ -141,13 +141,7 @@ struct AnswerEatingProxy {
 
 impl AnswerEatingProxy {
     async fn start() -> Self {
-        let doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-        let target = doc["clusters"][0]["cluster"]["server"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("https://")
-            .to_owned();
+        let target = api_server_addr();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let eating = Arc::new(AtomicBool::new(false));
@@ -195,12 +189,7 @@ impl AnswerEatingProxy {
 
     /// A kubeconfig (admin credentials) that goes through this proxy.
     fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let mut doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-        doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{}", self.port).into();
-        let path = dir.join("answer-eating-kubeconfig");
-        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
-        path
+        proxied_kubeconfig(dir, "answer-eating-kubeconfig", self.port)
     }
 
     /// From now on, answers are thrown away (requests still go through).

@@ -483,6 +483,27 @@ pub fn percentile(xs: &[f64], p: f64) -> f64 {
     v[rank.min(v.len()) - 1]
 }
 
+/// `host:port` of the API server of the admin kubeconfig, for a proxy to connect to.
+pub fn api_server_addr() -> String {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+    doc["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("https://")
+        .to_owned()
+}
+
+/// Writes `dir/file`: the admin kubeconfig, pointed at a proxy on 127.0.0.1:`port`.
+pub fn proxied_kubeconfig(dir: &std::path::Path, file: &str, port: u16) -> PathBuf {
+    let mut doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+    doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{port}").into();
+    let path = dir.join(file);
+    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
 /// A TCP proxy on 127.0.0.1 in front of the API server, whose connections can be cut to
 /// simulate an outage of the API server for the processes behind it.
 pub struct OutageProxy {
@@ -496,13 +517,7 @@ impl OutageProxy {
     /// Proxies to the server of the admin kubeconfig.
     pub async fn start() -> Self {
         use std::sync::atomic::Ordering;
-        let doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-        let server = doc["clusters"][0]["cluster"]["server"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let target = server.trim_start_matches("https://").to_owned();
+        let target = api_server_addr();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -533,12 +548,7 @@ impl OutageProxy {
 
     /// A kubeconfig (admin credentials) that goes through this proxy.
     pub fn kubeconfig(&self, dir: &std::path::Path) -> PathBuf {
-        let mut doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-        doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{}", self.port).into();
-        let path = dir.join("proxied-kubeconfig");
-        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
-        path
+        proxied_kubeconfig(dir, "proxied-kubeconfig", self.port)
     }
 
     /// Cuts every connection and refuses new ones until [`restore`](Self::restore).
