@@ -5,7 +5,7 @@
 //! what it left.
 
 use crate::support::*;
-use issuelock::{Acquisition, LockClient, LockConfig};
+use issuelock::{Acquisition, LockClient};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,12 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A lock client going through `kubeconfig`, with a short call timeout.
 async fn proxied_client(kubeconfig: &Path, ns: &str, identity: &str) -> LockClient {
-    let me = issuelock::HolderIdentity {
-        identity: identity.to_owned(),
-        pod: None,
-        pod_namespace: None,
-    };
-    let mut config = LockConfig::new(ns, me);
+    let mut config = lock_config(ns, identity);
     config.call_timeout = Duration::from_secs(2);
     LockClient::start(client_for(kubeconfig).await, config)
         .await

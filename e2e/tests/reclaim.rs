@@ -380,12 +380,7 @@ async fn max_hold_time_is_enforced_by_the_holder_and_the_controller() {
     assert!((1.0..6.0).contains(&took), "{took}");
 
     // A holder that ignores its max hold (raw API lock) is reclaimed by the controller.
-    let me = issuelock::HolderIdentity {
-        identity: "stubborn".into(),
-        pod: None,
-        pod_namespace: None,
-    };
-    let mut config = issuelock::LockConfig::new(&ns, me);
+    let mut config = lock_config(&ns, "stubborn");
     config.max_hold = Some(Duration::from_secs(2));
     let locks = issuelock::LockClient::start(client.clone(), config)
         .await
@@ -517,12 +512,7 @@ async fn forged_and_unsigned_locks_are_reclaimed_when_signatures_are_required() 
     let ctl =
         ControllerProcess::start_with(&ns, &["--verify-keys", &keys_path, "--require-signatures"]);
 
-    let me = issuelock::HolderIdentity {
-        identity: "signer".into(),
-        pod: None,
-        pod_namespace: None,
-    };
-    let mut config = issuelock::LockConfig::new(&ns, me);
+    let mut config = lock_config(&ns, "signer");
     config.keys = Some(std::sync::Arc::new(
         issuelock::signature::Keyring::from_dir(&keys_dir.0, None).unwrap(),
     ));

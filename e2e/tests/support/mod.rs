@@ -152,12 +152,18 @@ pub async fn try_lock_client(
     ns: &str,
     identity: &str,
 ) -> issuelock::Result<LockClient> {
+    LockClient::start(client.clone(), lock_config(ns, identity)).await
+}
+
+/// The default lock configuration for `identity` (no pod) in `ns`, to adjust before
+/// starting a client with it.
+pub fn lock_config(ns: &str, identity: &str) -> LockConfig {
     let me = issuelock::HolderIdentity {
         identity: identity.to_owned(),
         pod: None,
         pod_namespace: None,
     };
-    LockClient::start(client.clone(), LockConfig::new(ns, me)).await
+    LockConfig::new(ns, me)
 }
 
 /// A kubeconfig file for the cluster under test that authenticates with `token`.
