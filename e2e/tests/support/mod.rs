@@ -3,14 +3,14 @@
 #![allow(dead_code)]
 
 use issuelock::{LockClient, LockConfig};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Path of the kubeconfig of the cluster under test.
 pub fn kubeconfig() -> PathBuf {
@@ -35,10 +35,15 @@ pub fn kubectl(args: &[&str]) -> Output {
 
 /// Runs kubectl with `stdin` as input.
 pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
+    kubectl_stdin_as(&kubeconfig(), args, stdin)
+}
+
+/// Like [`kubectl_stdin`], authenticating with `kubeconfig`.
+pub fn kubectl_stdin_as(kubeconfig: &std::path::Path, args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new("kubectl")
         .args(args)
-        .env("KUBECONFIG", kubeconfig())
+        .env("KUBECONFIG", kubeconfig)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -78,19 +83,22 @@ static CRD: Once = Once::new();
 
 /// Installs the committed CRD (once per test binary) and waits until it is Established.
 pub fn install_crd() {
-    CRD.call_once(|| {
-        let crd = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/crds/issuelock.dev_issuelocks.yaml"
-        );
-        kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crd]);
-        kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/issuelocks.issuelock.dev",
-        ]);
-    });
+    CRD.call_once(apply_crd);
+}
+
+/// Applies the committed CRD (every time) and waits until it is Established.
+pub fn apply_crd() {
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/issuelock.dev_issuelocks.yaml"
+    );
+    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crd]);
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/issuelocks.issuelock.dev",
+    ]);
 }
 
 /// An admin client of the cluster under test.
@@ -392,18 +400,39 @@ impl WorkerProcess {
         pod: Option<(&str, &str)>,
         secs: u32,
     ) -> Self {
-        use std::os::unix::process::CommandExt;
         let mut cmd = issuelock();
         if let Some(kc) = kubeconfig {
             cmd.env("KUBECONFIG", kc);
         }
-        cmd.args(["run", "-n", ns, "--identity", identity, "--issue", issue])
-            .args(FAST_HEARTBEAT)
+        cmd.args(["run", "-n", ns, "--identity", identity, "--issue", issue]);
+        Self::spawn(cmd, pod.map(|(name, uid)| (ns, name, uid)), secs)
+    }
+
+    /// `issuelock run -n <locks_ns>` without `--identity`, from the pod `pod` (uid `uid`)
+    /// of namespace `pod_ns`, as the downward API would describe it.
+    pub fn start_from_pod(
+        locks_ns: &str,
+        pod_ns: &str,
+        pod: &str,
+        uid: &str,
+        issue: &str,
+        secs: u32,
+    ) -> Self {
+        let mut cmd = issuelock();
+        cmd.args(["run", "-n", locks_ns, "--issue", issue]);
+        Self::spawn(cmd, Some((pod_ns, pod, uid)), secs)
+    }
+
+    /// Spawns `cmd` (an `issuelock run` with its target) with FAST_HEARTBEAT, running
+    /// `sleep secs`, in a process group of its own; `pod` is (namespace, name, uid).
+    fn spawn(mut cmd: Command, pod: Option<(&str, &str, &str)>, secs: u32) -> Self {
+        use std::os::unix::process::CommandExt;
+        cmd.args(FAST_HEARTBEAT)
             .args(["--", "sleep", &secs.to_string()])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0);
-        if let Some((name, uid)) = pod {
+        if let Some((ns, name, uid)) = pod {
             cmd.env("POD_NAME", name)
                 .env("POD_UID", uid)
                 .env("POD_NAMESPACE", ns);
@@ -479,6 +508,50 @@ pub async fn lock_of(client: &kube::Client, ns: &str, issue: &str) -> Option<iss
     let api: Api<issuelock::IssueLock> = Api::namespaced(client.clone(), ns);
     let name = issuelock::IssueKey::parse(issue).unwrap().lock_name();
     api.get_opt(&name).await.unwrap()
+}
+
+/// Waits (15 s at most) until `issue` is locked in `ns`; returns the lock.
+pub async fn wait_taken(client: &kube::Client, ns: &str, issue: &str) -> issuelock::IssueLock {
+    eventually(Duration::from_secs(15), "lock taken", || async {
+        lock_of(client, ns, issue).await
+    })
+    .await
+}
+
+/// Waits (`limit` at most) until the lock on `issue` is gone; returns when that was seen.
+pub async fn wait_gone(client: &kube::Client, ns: &str, issue: &str, limit: Duration) -> Instant {
+    eventually(limit, "lock reclaimed", || async {
+        lock_of(client, ns, issue)
+            .await
+            .is_none()
+            .then(Instant::now)
+    })
+    .await
+}
+
+/// Waits until an Event with `reason` exists in `ns` (Events are published just after
+/// the reclaim they report).
+pub async fn wait_event(client: &kube::Client, ns: &str, reason: &str) {
+    eventually(Duration::from_secs(5), reason, || async {
+        event_reasons(client, ns)
+            .await
+            .iter()
+            .any(|r| r == reason)
+            .then_some(())
+    })
+    .await
+}
+
+/// The reasons of all Events in `ns`.
+pub async fn event_reasons(client: &kube::Client, ns: &str) -> Vec<String> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
 }
 
 /// Percentile `p` (0..=100) of `xs`, nearest rank.
