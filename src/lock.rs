@@ -1463,13 +1463,7 @@ mod tests {
     }
 
     fn object(uid: &str, rv: &str) -> IssueLock {
-        let mut lock: IssueLock = serde_json::from_value(serde_json::json!({
-            "apiVersion": "issuelock.dev/v1alpha1", "kind": "IssueLock",
-            "metadata": {"name": "l", "namespace": "ns"},
-            "spec": {"issue": "i", "holder": {"identity": "h", "lease": "l"}}
-        }))
-        .unwrap();
-        lock.metadata.uid = Some(uid.into());
+        let mut lock = crate::crd::test_lock(uid);
         lock.metadata.resource_version = Some(rv.into());
         lock
     }

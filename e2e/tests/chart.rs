@@ -607,27 +607,3 @@ async fn assert_renewing(ns: &str, lease: &str) {
     )
     .await;
 }
-
-/// `kubectl` with `stdin`, authenticating with `kubeconfig`.
-fn kubectl_stdin_as(
-    kubeconfig: &std::path::Path,
-    args: &[&str],
-    stdin: &str,
-) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}

@@ -5,7 +5,7 @@
 //! what it left.
 
 use crate::support::*;
-use issuelock::{Acquisition, LockClient, LockConfig};
+use issuelock::{Acquisition, LockClient};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,12 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A lock client going through `kubeconfig`, with a short call timeout.
 async fn proxied_client(kubeconfig: &Path, ns: &str, identity: &str) -> LockClient {
-    let me = issuelock::HolderIdentity {
-        identity: identity.to_owned(),
-        pod: None,
-        pod_namespace: None,
-    };
-    let mut config = LockConfig::new(ns, me);
+    let mut config = lock_config(ns, identity);
     config.call_timeout = Duration::from_secs(2);
     LockClient::start(client_for(kubeconfig).await, config)
         .await
@@ -141,13 +136,7 @@ struct AnswerEatingProxy {
 
 impl AnswerEatingProxy {
     async fn start() -> Self {
-        let doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-        let target = doc["clusters"][0]["cluster"]["server"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("https://")
-            .to_owned();
+        let target = api_server_addr();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let eating = Arc::new(AtomicBool::new(false));
@@ -195,12 +184,7 @@ impl AnswerEatingProxy {
 
     /// A kubeconfig (admin credentials) that goes through this proxy.
     fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let mut doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-        doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{}", self.port).into();
-        let path = dir.join("answer-eating-kubeconfig");
-        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
-        path
+        proxied_kubeconfig(dir, "answer-eating-kubeconfig", self.port)
     }
 
     /// From now on, answers are thrown away (requests still go through).

@@ -5,121 +5,38 @@
 
 use crate::support::*;
 use issuelock::signature::Keyring;
-use issuelock::{Acquisition, HolderIdentity, LockClient, LockConfig, LockGuard};
+use issuelock::{Acquisition, LockClient, LockGuard};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams};
-use std::process::Stdio;
+use kube::api::Api;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LEASE: f64 = 6.0;
 
-/// A worker process (in its own process group), killed with its group on drop.
-struct PodWorker(Option<std::process::Child>);
-
-impl PodWorker {
-    fn wait(mut self) -> std::process::Output {
-        self.0.take().unwrap().wait_with_output().unwrap()
-    }
-
-    fn kill(&self) {
-        signal_group(self.0.as_ref().unwrap().id(), "KILL");
-    }
-}
-
-impl Drop for PodWorker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .stderr(Stdio::null())
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// `issuelock run -n <locks_ns>` from the pod `pod` (uid `uid`) of namespace `pod_ns`,
-/// as the downward API would describe it, running `sleep secs`.
-fn run_from_pod(
-    locks_ns: &str,
-    pod_ns: &str,
-    pod: &str,
-    uid: &str,
-    issue: &str,
-    secs: u32,
-) -> PodWorker {
-    use std::os::unix::process::CommandExt;
-    let child = issuelock()
-        .args(["run", "-n", locks_ns, "--issue", issue])
-        .args(FAST_HEARTBEAT)
-        .args(["--", "sleep", &secs.to_string()])
-        .env("POD_NAME", pod)
-        .env("POD_UID", uid)
-        .env("POD_NAMESPACE", pod_ns)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    PodWorker(Some(child))
-}
-
 /// Applies this tree's CRD again: the cluster may be shared with test binaries of older
 /// trees, whose CRD (without `spec.holder.pod.namespace`) makes the API server prune the
 /// field.
 fn ensure_current_crd() {
-    let crd = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/issuelock.dev_issuelocks.yaml"
+    apply_crd();
+}
+
+/// Waits (`limit` at most) until the lock on `issue` is reclaimed, prints how long after
+/// `since` it went (`what` says what happened then), and waits for the Event `reason`.
+async fn wait_reclaimed(
+    client: &kube::Client,
+    ns: &str,
+    issue: &str,
+    limit: Duration,
+    since: Instant,
+    what: &str,
+    reason: &str,
+) {
+    wait_gone(client, ns, issue, limit).await;
+    println!(
+        "{what} -> lock gone after {:.3}s",
+        since.elapsed().as_secs_f64()
     );
-    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crd]);
-    kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/issuelocks.issuelock.dev",
-    ]);
-}
-
-async fn wait_taken(client: &kube::Client, ns: &str, issue: &str) -> issuelock::IssueLock {
-    eventually(Duration::from_secs(15), "lock taken", || async {
-        lock_of(client, ns, issue).await
-    })
-    .await
-}
-
-async fn wait_gone(client: &kube::Client, ns: &str, issue: &str, limit: Duration) -> Instant {
-    eventually(limit, "lock reclaimed", || async {
-        lock_of(client, ns, issue)
-            .await
-            .is_none()
-            .then(Instant::now)
-    })
-    .await
-}
-
-async fn event_reasons(client: &kube::Client, ns: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect()
-}
-
-async fn wait_event(client: &kube::Client, ns: &str, reason: &str) {
-    eventually(Duration::from_secs(5), reason, || async {
-        event_reasons(client, ns)
-            .await
-            .iter()
-            .any(|r| r == reason)
-            .then_some(())
-    })
-    .await
+    wait_event(client, ns, reason).await;
 }
 
 /// The `SignatureValid` condition of a lock, as (status, reason), once written.
@@ -154,12 +71,7 @@ async fn signing_client(
     dir: &Scratch,
     key: &str,
 ) -> LockClient {
-    let me = HolderIdentity {
-        identity: identity.to_owned(),
-        pod: None,
-        pod_namespace: None,
-    };
-    let mut config = LockConfig::new(ns, me);
+    let mut config = lock_config(ns, identity);
     config.user = Some(user.to_owned());
     config.keys = Some(Arc::new(Keyring::from_dir(&dir.0, Some(key)).unwrap()));
     LockClient::start(client.clone(), config).await.unwrap()
@@ -183,7 +95,7 @@ async fn a_holder_whose_pod_is_in_another_namespace_is_judged_there() {
     let finisher_uid = create_pod(&client, &pods_ns, "finisher").await;
     let doomed_uid = create_pod(&client, &pods_ns, "doomed").await;
     let started = Instant::now();
-    let finisher = run_from_pod(
+    let finisher = WorkerProcess::start_from_pod(
         &locks_ns,
         &pods_ns,
         "finisher",
@@ -191,7 +103,7 @@ async fn a_holder_whose_pod_is_in_another_namespace_is_judged_there() {
         "org/repo#finisher",
         20,
     );
-    let doomed = run_from_pod(
+    let doomed = WorkerProcess::start_from_pod(
         &locks_ns,
         &pods_ns,
         "doomed",
@@ -250,26 +162,22 @@ async fn a_holder_whose_pod_is_in_another_namespace_is_judged_there() {
     // pods outside its namespace directly, at the lock's next recheck.
     let t = Instant::now();
     delete_pod(&client, &pods_ns, "doomed").await;
-    wait_gone(
+    wait_reclaimed(
         &client,
         &locks_ns,
         "org/repo#doomed",
         Duration::from_secs_f64(LEASE + 4.0),
+        t,
+        "pod in another namespace deleted",
+        "HolderPodDeleted",
     )
     .await;
-    println!(
-        "pod in another namespace deleted -> lock gone after {:.3}s",
-        t.elapsed().as_secs_f64()
-    );
-    wait_event(&client, &locks_ns, "HolderPodDeleted").await;
-    let out = doomed.wait();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(76), "{stderr}");
+    let (code, stderr) = doomed.wait();
+    assert_eq!(code, Some(76), "{stderr}");
 
     // The first holder runs to completion and releases its own lock: never reclaimed.
-    let out = finisher.wait();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (code, stderr) = finisher.wait();
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(started.elapsed() >= Duration::from_secs(20));
     assert!(
         lock_of(&client, &locks_ns, "org/repo#finisher")
@@ -457,7 +365,8 @@ async fn a_controller_that_may_not_read_the_pods_namespace_judges_by_the_lease()
     let _ctl = ControllerProcess::start_as(&locks_ns, Some(&kc), &["--leader-election=false"]);
 
     let uid = create_pod(&client, &pods_ns, "hidden").await;
-    let worker = run_from_pod(&locks_ns, &pods_ns, "hidden", &uid, "org/repo#hidden", 300);
+    let worker =
+        WorkerProcess::start_from_pod(&locks_ns, &pods_ns, "hidden", &uid, "org/repo#hidden", 300);
     let lock = wait_taken(&client, &locks_ns, "org/repo#hidden").await;
     assert_eq!(
         lock.spec.holder.pod.as_ref().unwrap().namespace.as_deref(),
@@ -474,19 +383,17 @@ async fn a_controller_that_may_not_read_the_pods_namespace_judges_by_the_lease()
     );
     // The holder dies: its Lease expires, and that evidence alone reclaims the lock.
     let t = Instant::now();
-    worker.kill();
-    wait_gone(
+    worker.signal("KILL");
+    wait_reclaimed(
         &client,
         &locks_ns,
         "org/repo#hidden",
         Duration::from_secs_f64(LEASE + 5.0),
+        t,
+        "holder with an unreadable pod SIGKILLed",
+        "HolderLeaseExpired",
     )
     .await;
-    println!(
-        "holder with an unreadable pod SIGKILLed -> lock gone after {:.3}s",
-        t.elapsed().as_secs_f64()
-    );
-    wait_event(&client, &locks_ns, "HolderLeaseExpired").await;
     delete_namespace(&client, &locks_ns).await;
     delete_namespace(&client, &pods_ns).await;
 }

@@ -10,7 +10,7 @@ use issuelock::supervise::tree;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Grace period of these tests (the slack of FAST_HEARTBEAT is 2 s).
@@ -62,6 +62,14 @@ fn start_run(ns: &str, issue: &str, dir: &Path, on_term: &str, flags: &[&str]) -
         .stderr(stderr)
         .process_group(0)
         .spawn()
+        .unwrap()
+}
+
+/// Waits (without blocking the runtime) for `run` to exit.
+async fn exit_of(mut run: Child) -> ExitStatus {
+    tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
         .unwrap()
 }
 
@@ -122,7 +130,7 @@ async fn a_lost_lock_stops_the_whole_tree_after_the_grace_period() {
     let ns = namespace(&client, "tree-lost").await;
     let scratch = Scratch::new("tree-lost");
     let grace = GRACE.to_string();
-    let mut run = start_run(&ns, "org/repo#lost", &scratch.0, "ignore", &fast(&grace));
+    let run = start_run(&ns, "org/repo#lost", &scratch.0, "ignore", &fast(&grace));
     let pids = tree_pids(&scratch.0).await;
     assert_eq!(living(&pids), pids, "the whole tree runs");
 
@@ -132,10 +140,7 @@ async fn a_lost_lock_stops_the_whole_tree_after_the_grace_period() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out).1);
-    let status = tokio::task::spawn_blocking(move || run.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = exit_of(run).await;
     let took = deleted.elapsed().as_secs_f64();
     let stderr = stderr_of(&scratch.0);
     assert_eq!(status.code(), Some(76), "{stderr}");
@@ -180,14 +185,11 @@ async fn sigterm_reaches_the_command_first_and_run_exits_143() {
     let ns = namespace(&client, "tree-sigterm").await;
     let scratch = Scratch::new("tree-sigterm");
     let grace = GRACE.to_string();
-    let mut run = start_run(&ns, "org/repo#term", &scratch.0, "clean", &fast(&grace));
+    let run = start_run(&ns, "org/repo#term", &scratch.0, "clean", &fast(&grace));
     let pids = tree_pids(&scratch.0).await;
 
     kill(Pid::from_raw(run.id() as i32), Signal::SIGTERM).unwrap();
-    let status = tokio::task::spawn_blocking(move || run.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = exit_of(run).await;
     let stderr = stderr_of(&scratch.0);
     assert_eq!(
         status.code(),
@@ -209,7 +211,7 @@ async fn a_paused_run_has_its_tree_stopped_before_the_lease_expires() {
     let ns = namespace(&client, "tree-sigstop").await;
     let scratch = Scratch::new("tree-sigstop");
     let grace = GRACE.to_string();
-    let mut run = start_run(&ns, "org/repo#stop", &scratch.0, "ignore", &fast(&grace));
+    let run = start_run(&ns, "org/repo#stop", &scratch.0, "ignore", &fast(&grace));
     let pids = tree_pids(&scratch.0).await;
 
     let pid = Pid::from_raw(run.id() as i32);
@@ -223,10 +225,7 @@ async fn a_paused_run_has_its_tree_stopped_before_the_lease_expires() {
     );
     assert!(took < 4.0 + GRACE + 0.5, "{took}");
     kill(pid, Signal::SIGCONT).unwrap();
-    let status = tokio::task::spawn_blocking(move || run.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = exit_of(run).await;
     let stderr = stderr_of(&scratch.0);
     assert_eq!(status.code(), Some(76), "{stderr}");
     assert!(stderr.contains("trust-expired"), "{stderr}");
@@ -296,7 +295,7 @@ async fn a_killed_supervisor_leaves_nothing_behind() {
     let client = client().await;
     let ns = namespace(&client, "tree-supervisor").await;
     let scratch = Scratch::new("tree-supervisor");
-    let mut run = start_run(&ns, "org/repo#sup", &scratch.0, "ignore", &FAST_HEARTBEAT);
+    let run = start_run(&ns, "org/repo#sup", &scratch.0, "ignore", &FAST_HEARTBEAT);
     let pids = tree_pids(&scratch.0).await;
     let run_pid = Pid::from_raw(run.id() as i32);
     let supervisor = tree::descendants_in(&tree::snapshot(), run_pid.as_raw())
@@ -307,10 +306,7 @@ async fn a_killed_supervisor_leaves_nothing_behind() {
 
     kill(supervisor, Signal::SIGKILL).unwrap();
     let killed = Instant::now();
-    let status = tokio::task::spawn_blocking(move || run.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = exit_of(run).await;
     let stderr = stderr_of(&scratch.0);
     println!(
         "supervisor SIGKILLed → run killed the orphaned tree and exited after {:.3}s",
@@ -369,13 +365,7 @@ struct SlowProxy {
 
 impl SlowProxy {
     async fn start(delay: Duration) -> Self {
-        let doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-        let target = doc["clusters"][0]["cluster"]["server"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("https://")
-            .to_owned();
+        let target = api_server_addr();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accept = tokio::spawn(async move {
@@ -394,12 +384,7 @@ impl SlowProxy {
 
     /// A kubeconfig (admin credentials) that goes through this proxy.
     fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let mut doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-        doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{}", self.port).into();
-        let path = dir.join("slow-kubeconfig");
-        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
-        path
+        proxied_kubeconfig(dir, "slow-kubeconfig", self.port)
     }
 }
 
@@ -428,7 +413,7 @@ async fn a_signal_before_the_lock_is_taken_runs_nothing_and_leaves_nothing() {
     let proxy = SlowProxy::start(Duration::from_millis(1500)).await;
     let ran = scratch.0.join("ran");
     let stderr = std::fs::File::create(scratch.0.join("stderr")).unwrap();
-    let mut run = {
+    let run = {
         use std::os::unix::process::CommandExt;
         issuelock()
             .env("KUBECONFIG", proxy.kubeconfig(&scratch.0))
@@ -447,10 +432,7 @@ async fn a_signal_before_the_lock_is_taken_runs_nothing_and_leaves_nothing() {
     })
     .await;
     kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
-    let status = tokio::task::spawn_blocking(move || run.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = exit_of(run).await;
     let stderr = stderr_of(&scratch.0);
     assert_eq!(status.code(), Some(143), "{stderr}");
     assert!(stderr.contains("the command did not run"), "{stderr}");

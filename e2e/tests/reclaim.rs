@@ -5,54 +5,12 @@ use crate::support::*;
 use futures::StreamExt;
 use issuelock::IssueLock;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::watcher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const LEASE: f64 = 6.0;
-
-async fn wait_taken(client: &kube::Client, ns: &str, issue: &str) -> IssueLock {
-    eventually(Duration::from_secs(15), "lock taken", || async {
-        lock_of(client, ns, issue).await
-    })
-    .await
-}
-
-async fn wait_gone(client: &kube::Client, ns: &str, issue: &str, limit: Duration) -> Instant {
-    eventually(limit, "lock reclaimed", || async {
-        lock_of(client, ns, issue)
-            .await
-            .is_none()
-            .then(Instant::now)
-    })
-    .await
-}
-
-/// Waits until an Event with `reason` exists in `ns` (Events are published just after
-/// the reclaim they report).
-async fn wait_event(client: &kube::Client, ns: &str, reason: &str) {
-    eventually(Duration::from_secs(5), reason, || async {
-        event_reasons(client, ns)
-            .await
-            .iter()
-            .any(|r| r == reason)
-            .then_some(())
-    })
-    .await
-}
-
-async fn event_reasons(client: &kube::Client, ns: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect()
-}
 
 #[tokio::test]
 async fn deleting_the_holder_pod_frees_its_locks_within_two_seconds_p99() {
@@ -380,12 +338,7 @@ async fn max_hold_time_is_enforced_by_the_holder_and_the_controller() {
     assert!((1.0..6.0).contains(&took), "{took}");
 
     // A holder that ignores its max hold (raw API lock) is reclaimed by the controller.
-    let me = issuelock::HolderIdentity {
-        identity: "stubborn".into(),
-        pod: None,
-        pod_namespace: None,
-    };
-    let mut config = issuelock::LockConfig::new(&ns, me);
+    let mut config = lock_config(&ns, "stubborn");
     config.max_hold = Some(Duration::from_secs(2));
     let locks = issuelock::LockClient::start(client.clone(), config)
         .await
@@ -517,12 +470,7 @@ async fn forged_and_unsigned_locks_are_reclaimed_when_signatures_are_required() 
     let ctl =
         ControllerProcess::start_with(&ns, &["--verify-keys", &keys_path, "--require-signatures"]);
 
-    let me = issuelock::HolderIdentity {
-        identity: "signer".into(),
-        pod: None,
-        pod_namespace: None,
-    };
-    let mut config = issuelock::LockConfig::new(&ns, me);
+    let mut config = lock_config(&ns, "signer");
     config.keys = Some(std::sync::Arc::new(
         issuelock::signature::Keyring::from_dir(&keys_dir.0, None).unwrap(),
     ));

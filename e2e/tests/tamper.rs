@@ -3,25 +3,39 @@
 //! chart's admission policy, which forbids such changes outright; see chart.rs).
 
 use crate::support::*;
-use issuelock::{Acquisition, HeartbeatConfig, LockClient, LockConfig};
+use issuelock::{Acquisition, HeartbeatConfig, LockClient};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use std::time::{Duration, Instant};
 
 /// Lease 6 s, deadline 4 s, renew every 1 s.
 async fn fast_client(client: &kube::Client, ns: &str, identity: &str) -> LockClient {
-    let me = issuelock::HolderIdentity {
-        identity: identity.to_owned(),
-        pod: None,
-        pod_namespace: None,
-    };
-    let mut config = LockConfig::new(ns, me);
+    let mut config = lock_config(ns, identity);
     config.heartbeat = HeartbeatConfig {
         lease_duration: Duration::from_secs(6),
         renew_deadline: Duration::from_secs(4),
         renew_interval: Duration::from_secs(1),
     };
     LockClient::start(client.clone(), config).await.unwrap()
+}
+
+/// Merge-patches the heartbeat Lease of `locks` with `patch`, as someone else would.
+async fn patch_lease(leases: &Api<Lease>, locks: &LockClient, patch: serde_json::Value) {
+    leases
+        .patch(
+            &locks.holder().lease,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+}
+
+/// Expects `locks` to lose its heartbeat within 3 s (its next renewals); panics with `what`.
+async fn expect_heartbeat_lost(locks: &LockClient, what: &str) {
+    tokio::time::timeout(Duration::from_secs(3), locks.heartbeat_lost())
+        .await
+        .expect(what);
 }
 
 #[tokio::test]
@@ -36,14 +50,7 @@ async fn a_shortened_lease_is_noticed_by_its_holder_and_not_believed_by_the_cont
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let patch = serde_json::json!({"spec": {"leaseDurationSeconds": 1}});
     let tampered = Instant::now();
-    leases
-        .patch(
-            &locks.holder().lease,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
+    patch_lease(&leases, &locks, patch).await;
     tokio::time::timeout(Duration::from_secs(3), guard.lost())
         .await
         .expect("the holder notices the change at its next renewal");
@@ -78,39 +85,19 @@ async fn a_deleted_or_taken_over_lease_loses_the_heartbeat() {
     // Taken over: another holder identity written into the Lease.
     let locks = fast_client(&client, &ns, "victim").await;
     let patch = serde_json::json!({"spec": {"holderIdentity": "thief"}});
-    leases
-        .patch(
-            &locks.holder().lease,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(3), locks.heartbeat_lost())
-        .await
-        .expect("a taken-over Lease loses the heartbeat");
+    patch_lease(&leases, &locks, patch).await;
+    expect_heartbeat_lost(&locks, "a taken-over Lease loses the heartbeat").await;
     // Relabelled: metadata counts too.
     let locks = fast_client(&client, &ns, "victim-2").await;
     let patch = serde_json::json!({"metadata": {"labels": {"tampered": "yes"}}});
-    leases
-        .patch(
-            &locks.holder().lease,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(3), locks.heartbeat_lost())
-        .await
-        .expect("a relabelled Lease loses the heartbeat");
+    patch_lease(&leases, &locks, patch).await;
+    expect_heartbeat_lost(&locks, "a relabelled Lease loses the heartbeat").await;
     // Deleted.
     let locks = fast_client(&client, &ns, "victim-3").await;
     leases
         .delete(&locks.holder().lease, &DeleteParams::default())
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(3), locks.heartbeat_lost())
-        .await
-        .expect("a deleted Lease loses the heartbeat");
+    expect_heartbeat_lost(&locks, "a deleted Lease loses the heartbeat").await;
     delete_namespace(&client, &ns).await;
 }

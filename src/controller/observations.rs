@@ -253,16 +253,7 @@ mod tests {
         lease
     }
 
-    fn lock(uid: &str) -> IssueLock {
-        let mut lock: IssueLock = serde_json::from_value(serde_json::json!({
-            "apiVersion": "issuelock.dev/v1alpha1", "kind": "IssueLock",
-            "metadata": {"name": "l", "namespace": "ns"},
-            "spec": {"issue": "i", "holder": {"identity": "h", "lease": "l"}}
-        }))
-        .unwrap();
-        lock.metadata.uid = Some(uid.into());
-        lock
-    }
+    use crate::crd::test_lock as lock;
 
     #[test]
     fn a_relist_forgets_leases_deleted_during_a_watch_gap() {

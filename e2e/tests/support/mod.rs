@@ -3,14 +3,14 @@
 #![allow(dead_code)]
 
 use issuelock::{LockClient, LockConfig};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Path of the kubeconfig of the cluster under test.
 pub fn kubeconfig() -> PathBuf {
@@ -35,10 +35,15 @@ pub fn kubectl(args: &[&str]) -> Output {
 
 /// Runs kubectl with `stdin` as input.
 pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
+    kubectl_stdin_as(&kubeconfig(), args, stdin)
+}
+
+/// Like [`kubectl_stdin`], authenticating with `kubeconfig`.
+pub fn kubectl_stdin_as(kubeconfig: &std::path::Path, args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new("kubectl")
         .args(args)
-        .env("KUBECONFIG", kubeconfig())
+        .env("KUBECONFIG", kubeconfig)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -78,19 +83,22 @@ static CRD: Once = Once::new();
 
 /// Installs the committed CRD (once per test binary) and waits until it is Established.
 pub fn install_crd() {
-    CRD.call_once(|| {
-        let crd = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/crds/issuelock.dev_issuelocks.yaml"
-        );
-        kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crd]);
-        kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/issuelocks.issuelock.dev",
-        ]);
-    });
+    CRD.call_once(apply_crd);
+}
+
+/// Applies the committed CRD (every time) and waits until it is Established.
+pub fn apply_crd() {
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/issuelock.dev_issuelocks.yaml"
+    );
+    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crd]);
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/issuelocks.issuelock.dev",
+    ]);
 }
 
 /// An admin client of the cluster under test.
@@ -152,12 +160,18 @@ pub async fn try_lock_client(
     ns: &str,
     identity: &str,
 ) -> issuelock::Result<LockClient> {
+    LockClient::start(client.clone(), lock_config(ns, identity)).await
+}
+
+/// The default lock configuration for `identity` (no pod) in `ns`, to adjust before
+/// starting a client with it.
+pub fn lock_config(ns: &str, identity: &str) -> LockConfig {
     let me = issuelock::HolderIdentity {
         identity: identity.to_owned(),
         pod: None,
         pod_namespace: None,
     };
-    LockClient::start(client.clone(), LockConfig::new(ns, me)).await
+    LockConfig::new(ns, me)
 }
 
 /// A kubeconfig file for the cluster under test that authenticates with `token`.
@@ -386,18 +400,39 @@ impl WorkerProcess {
         pod: Option<(&str, &str)>,
         secs: u32,
     ) -> Self {
-        use std::os::unix::process::CommandExt;
         let mut cmd = issuelock();
         if let Some(kc) = kubeconfig {
             cmd.env("KUBECONFIG", kc);
         }
-        cmd.args(["run", "-n", ns, "--identity", identity, "--issue", issue])
-            .args(FAST_HEARTBEAT)
+        cmd.args(["run", "-n", ns, "--identity", identity, "--issue", issue]);
+        Self::spawn(cmd, pod.map(|(name, uid)| (ns, name, uid)), secs)
+    }
+
+    /// `issuelock run -n <locks_ns>` without `--identity`, from the pod `pod` (uid `uid`)
+    /// of namespace `pod_ns`, as the downward API would describe it.
+    pub fn start_from_pod(
+        locks_ns: &str,
+        pod_ns: &str,
+        pod: &str,
+        uid: &str,
+        issue: &str,
+        secs: u32,
+    ) -> Self {
+        let mut cmd = issuelock();
+        cmd.args(["run", "-n", locks_ns, "--issue", issue]);
+        Self::spawn(cmd, Some((pod_ns, pod, uid)), secs)
+    }
+
+    /// Spawns `cmd` (an `issuelock run` with its target) with FAST_HEARTBEAT, running
+    /// `sleep secs`, in a process group of its own; `pod` is (namespace, name, uid).
+    fn spawn(mut cmd: Command, pod: Option<(&str, &str, &str)>, secs: u32) -> Self {
+        use std::os::unix::process::CommandExt;
+        cmd.args(FAST_HEARTBEAT)
             .args(["--", "sleep", &secs.to_string()])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0);
-        if let Some((name, uid)) = pod {
+        if let Some((ns, name, uid)) = pod {
             cmd.env("POD_NAME", name)
                 .env("POD_UID", uid)
                 .env("POD_NAMESPACE", ns);
@@ -475,12 +510,77 @@ pub async fn lock_of(client: &kube::Client, ns: &str, issue: &str) -> Option<iss
     api.get_opt(&name).await.unwrap()
 }
 
+/// Waits (15 s at most) until `issue` is locked in `ns`; returns the lock.
+pub async fn wait_taken(client: &kube::Client, ns: &str, issue: &str) -> issuelock::IssueLock {
+    eventually(Duration::from_secs(15), "lock taken", || async {
+        lock_of(client, ns, issue).await
+    })
+    .await
+}
+
+/// Waits (`limit` at most) until the lock on `issue` is gone; returns when that was seen.
+pub async fn wait_gone(client: &kube::Client, ns: &str, issue: &str, limit: Duration) -> Instant {
+    eventually(limit, "lock reclaimed", || async {
+        lock_of(client, ns, issue)
+            .await
+            .is_none()
+            .then(Instant::now)
+    })
+    .await
+}
+
+/// Waits until an Event with `reason` exists in `ns` (Events are published just after
+/// the reclaim they report).
+pub async fn wait_event(client: &kube::Client, ns: &str, reason: &str) {
+    eventually(Duration::from_secs(5), reason, || async {
+        event_reasons(client, ns)
+            .await
+            .iter()
+            .any(|r| r == reason)
+            .then_some(())
+    })
+    .await
+}
+
+/// The reasons of all Events in `ns`.
+pub async fn event_reasons(client: &kube::Client, ns: &str) -> Vec<String> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
 /// Percentile `p` (0..=100) of `xs`, nearest rank.
 pub fn percentile(xs: &[f64], p: f64) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
     v[rank.min(v.len()) - 1]
+}
+
+/// `host:port` of the API server of the admin kubeconfig, for a proxy to connect to.
+pub fn api_server_addr() -> String {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+    doc["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("https://")
+        .to_owned()
+}
+
+/// Writes `dir/file`: the admin kubeconfig, pointed at a proxy on 127.0.0.1:`port`.
+pub fn proxied_kubeconfig(dir: &std::path::Path, file: &str, port: u16) -> PathBuf {
+    let mut doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+    doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{port}").into();
+    let path = dir.join(file);
+    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    path
 }
 
 /// A TCP proxy on 127.0.0.1 in front of the API server, whose connections can be cut to
@@ -496,13 +596,7 @@ impl OutageProxy {
     /// Proxies to the server of the admin kubeconfig.
     pub async fn start() -> Self {
         use std::sync::atomic::Ordering;
-        let doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-        let server = doc["clusters"][0]["cluster"]["server"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let target = server.trim_start_matches("https://").to_owned();
+        let target = api_server_addr();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -533,12 +627,7 @@ impl OutageProxy {
 
     /// A kubeconfig (admin credentials) that goes through this proxy.
     pub fn kubeconfig(&self, dir: &std::path::Path) -> PathBuf {
-        let mut doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-        doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{}", self.port).into();
-        let path = dir.join("proxied-kubeconfig");
-        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
-        path
+        proxied_kubeconfig(dir, "proxied-kubeconfig", self.port)
     }
 
     /// Cuts every connection and refuses new ones until [`restore`](Self::restore).
