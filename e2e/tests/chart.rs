@@ -46,7 +46,8 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
 
     let release = "il";
     let worker_values = format!(
-        "workers[0].namespace={work},workers[0].serviceAccount=worker,workers[1].namespace={work},workers[1].serviceAccount=thief"
+        "workers[0].namespace={work},workers[0].serviceAccount=worker,workers[1].namespace={work},workers[1].serviceAccount=thief,\
+         workers[2].namespace={work},workers[2].serviceAccount=ci-runner,workers[2].serviceAccountNamespace={sys}"
     );
     // The admission policy is cluster-wide; limit it to this test's namespace so that
     // concurrent tests (whose locks record no user) are not affected.
@@ -158,6 +159,17 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     assert!(
         !can_i(&worker, &["create", "issuelocks.issuelock.dev", "-n", &sys]),
         "bound only in its namespace"
+    );
+    let remote = format!("system:serviceaccount:{sys}:ci-runner");
+    assert!(
+        can_i(
+            &remote,
+            &["create", "issuelocks.issuelock.dev", "-n", &work]
+        ) && can_i(
+            &remote,
+            &["update", "leases.coordination.k8s.io", "-n", &work]
+        ) && !can_i(&remote, &["create", "issuelocks.issuelock.dev", "-n", &sys]),
+        "a ServiceAccount of another namespace takes locks where it is bound"
     );
     assert!(!can_i(
         &worker,
