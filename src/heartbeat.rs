@@ -120,6 +120,27 @@ pub fn pod_owner(pod: Option<&HolderPod>, namespace: &str) -> Option<OwnerRefere
     })
 }
 
+/// True when `lease` may be the heartbeat of `holder`: the creator it records (the
+/// annotations `issuelock.dev/holder-user` and `issuelock.dev/holder-pod-uid`, where
+/// present) is the holder's user and pod. A lock naming another holder's Lease, to ride
+/// on a live heartbeat that is not its own, fails this. (A Lease recording no creator,
+/// written where no admission policy asks for one, is taken at its word.)
+pub fn is_heartbeat_of(lease: &Lease, holder: &Holder) -> bool {
+    let recorded = |key: &str| {
+        lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+    };
+    let user_matches =
+        recorded(LEASE_USER_ANNOTATION).is_none_or(|u| holder.user.as_deref() == Some(u));
+    let pod_matches = recorded(LEASE_POD_UID_ANNOTATION)
+        .is_none_or(|uid| holder.pod.as_ref().map(|p| p.uid.as_str()) == Some(uid));
+    user_matches && pod_matches
+}
+
 /// The current time at the API server's precision (microseconds), so that a time we
 /// write compares equal to the one we read back.
 fn micro_now() -> MicroTime {
@@ -565,5 +586,45 @@ mod tests {
         let json = serde_json::to_value(&t).unwrap();
         let back: MicroTime = serde_json::from_value(json).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn a_lock_cannot_borrow_another_holders_heartbeat() {
+        let lease = lease(100);
+        let holder = |user: Option<&str>| Holder {
+            identity: "w".into(),
+            pod: None,
+            lease: "w-1".into(),
+            user: user.map(Into::into),
+        };
+        assert!(is_heartbeat_of(
+            &lease,
+            &holder(Some("system:serviceaccount:ns:w"))
+        ));
+        assert!(!is_heartbeat_of(
+            &lease,
+            &holder(Some("system:serviceaccount:ns:evil"))
+        ));
+        assert!(!is_heartbeat_of(&lease, &holder(None)));
+        let mut bound = lease.clone();
+        bound
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(LEASE_POD_UID_ANNOTATION.into(), "pod-a".into());
+        let mut in_pod = holder(Some("system:serviceaccount:ns:w"));
+        assert!(!is_heartbeat_of(&bound, &in_pod), "no pod recorded");
+        in_pod.pod = Some(HolderPod {
+            name: "b".into(),
+            uid: "pod-b".into(),
+            namespace: None,
+        });
+        assert!(!is_heartbeat_of(&bound, &in_pod), "another pod");
+        in_pod.pod.as_mut().unwrap().uid = "pod-a".into();
+        assert!(is_heartbeat_of(&bound, &in_pod));
+        let mut unannotated = lease;
+        unannotated.metadata.annotations = None;
+        assert!(is_heartbeat_of(&unannotated, &holder(None)));
     }
 }

@@ -456,7 +456,7 @@ impl LockClient {
                     .taken(key, &desired.spec, existing, started, call)
                     .await;
             }
-            if self.inner.names_our_lease(&existing) && !self.inner.own.in_use(&existing) {
+            if self.inner.records_us(&existing) && !self.inner.own.in_use(&existing) {
                 // Ours, but nothing of this client holds or is taking it: an orphan.
                 self.inner.release_orphan_found(&existing, &key).await?;
                 continue;
@@ -555,17 +555,18 @@ impl Inner {
         lock
     }
 
-    /// True when `lock` names our heartbeat Lease (unique to this process run), i.e. was
-    /// created by this client.
-    fn names_our_lease(&self, lock: &IssueLock) -> bool {
-        lock.spec.holder.lease == self.holder.lease
-            && lock.spec.holder.identity == self.holder.identity
+    /// True when `lock` was created by this client: it records our whole holder — our
+    /// heartbeat Lease (unique to this process run), identity, pod and user. Anyone can
+    /// copy our Lease name into a lock; where an admission policy binds `user` to the
+    /// creator, a copy in someone else's name is not ours and is reported as theirs.
+    fn records_us(&self, lock: &IssueLock) -> bool {
+        lock.spec.holder == self.holder
     }
 
     /// True when `lock` is the object created by the acquire call that used `nonce`: it
     /// names our heartbeat Lease and carries that nonce.
     fn created_by(&self, lock: &IssueLock, nonce: &str) -> bool {
-        self.names_our_lease(lock) && acquire_nonce(lock) == Some(nonce)
+        self.records_us(lock) && acquire_nonce(lock) == Some(nonce)
     }
 
     /// Registers a lock we hold and hands out its guard. `acquired_at` is when the create

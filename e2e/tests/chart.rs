@@ -278,7 +278,7 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         "-n",
         &work,
         "--verb=*",
-        "--resource=issuelocks.issuelock.dev,leases.coordination.k8s.io",
+        "--resource=issuelocks.issuelock.dev,issuelocks.issuelock.dev/status,leases.coordination.k8s.io",
     ]);
     kubectl_ok(&[
         "create",
@@ -346,6 +346,23 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     assert!(ok, "the controller may delete a lock: {err}");
     let worker_user = format!("system:serviceaccount:{work}:worker");
     assert_renewing(&work, &lease).await;
+    // The status is the controller's: nobody else may fake a live holder there.
+    let (ok, err) = as_who(
+        &thief,
+        &[
+            "patch",
+            "issuelock",
+            &name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"conditions":[]}}"#,
+        ],
+    );
+    assert!(
+        !ok && err.contains("only the issuelock controller or an admin may write a lock's status"),
+        "{err}"
+    );
     let (ok, err) = as_who(
         &thief,
         &[

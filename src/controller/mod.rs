@@ -557,6 +557,9 @@ async fn lease_facts(
     let Some(lease) = lease else {
         return Ok(LeaseFacts::Missing);
     };
+    if !crate::heartbeat::is_heartbeat_of(&lease, &lock.spec.holder) {
+        return Ok(LeaseFacts::Foreign);
+    }
     let now = Instant::now();
     let seen = ctx.observations.observe(
         lease_key(&lease),

@@ -16,6 +16,9 @@ pub enum Reason {
     PodTerminated,
     /// The holder's heartbeat Lease does not exist.
     LeaseMissing,
+    /// The Lease the lock names is another holder's heartbeat: it records another creator
+    /// (user or pod) than the lock does. A lock may not borrow someone else's heartbeat.
+    LeaseForeign,
     /// The holder's Lease has not changed for its `leaseDurationSeconds`, measured on the
     /// controller's monotonic clock since it last saw it change.
     LeaseExpired,
@@ -31,11 +34,12 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exporting metrics with zero values.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::PodDeleted,
         Reason::PodReplaced,
         Reason::PodTerminated,
         Reason::LeaseMissing,
+        Reason::LeaseForeign,
         Reason::LeaseExpired,
         Reason::MaxHoldExceeded,
         Reason::SignatureInvalid,
@@ -49,6 +53,7 @@ impl Reason {
             Reason::PodReplaced => "pod_replaced",
             Reason::PodTerminated => "pod_terminated",
             Reason::LeaseMissing => "lease_missing",
+            Reason::LeaseForeign => "lease_foreign",
             Reason::LeaseExpired => "lease_expired",
             Reason::MaxHoldExceeded => "max_hold_exceeded",
             Reason::SignatureInvalid => "signature_invalid",
@@ -63,6 +68,7 @@ impl Reason {
             Reason::PodReplaced => "HolderPodReplaced",
             Reason::PodTerminated => "HolderPodTerminated",
             Reason::LeaseMissing => "HolderLeaseMissing",
+            Reason::LeaseForeign => "HolderLeaseForeign",
             Reason::LeaseExpired => "HolderLeaseExpired",
             Reason::MaxHoldExceeded => "MaxHoldExceeded",
             Reason::SignatureInvalid => "SignatureInvalid",
@@ -143,6 +149,9 @@ pub enum PodFacts {
 pub enum LeaseFacts {
     /// No Lease of that name exists.
     Missing,
+    /// A Lease of that name exists but records another creator (user or pod) than the
+    /// lock: it is not this holder's heartbeat.
+    Foreign,
     /// The Lease exists.
     Present {
         /// The longest `leaseDurationSeconds` seen on it (a shortened one is not believed).
@@ -207,6 +216,7 @@ pub fn judge(facts: &Facts) -> Verdict {
     }
     let lease_left = match facts.lease {
         LeaseFacts::Missing => return Verdict::Stale(Reason::LeaseMissing),
+        LeaseFacts::Foreign => return Verdict::Stale(Reason::LeaseForeign),
         LeaseFacts::Present {
             duration,
             unchanged_for,
@@ -300,6 +310,8 @@ mod tests {
         assert!(matches!(judge(&f), Verdict::Live { .. }));
         f.lease = LeaseFacts::Missing;
         assert_eq!(judge(&f), Verdict::Stale(Reason::LeaseMissing));
+        f.lease = LeaseFacts::Foreign;
+        assert_eq!(judge(&f), Verdict::Stale(Reason::LeaseForeign));
         f.lease = live().lease;
         // Outside a pod, only the Lease and max hold count.
         f.recorded_pod_uid = None;
