@@ -574,8 +574,14 @@ async fn pod_bound_replicas_cannot_touch_each_other(client: &kube::Client, work:
         );
     }
     // An update (the verb workers hold on Leases) from replica B: a shortened duration.
+    // Without a resourceVersion (an unconditional update), so that a renewal in between
+    // cannot turn the answer into a 409 before admission is asked.
     let mut shortened = lease_json.clone();
     shortened["spec"]["leaseDurationSeconds"] = 1.into();
+    shortened["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
     let out = kubectl_stdin_as(
         &kubeconfigs[1],
         &["replace", "--dry-run=server", "-f", "-"],
