@@ -8,6 +8,7 @@ mod bad_input;
 mod chart;
 mod crd;
 mod holder;
+mod interop;
 mod leader;
 mod leaks;
 mod namespaces;

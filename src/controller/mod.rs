@@ -671,8 +671,8 @@ async fn write_alive_status(
     let conditions_current = wanted.iter().all(|(t, st, reason, _)| {
         recorded(t).is_some_and(|c| c.status == *st && c.reason == *reason)
     });
-    let newly_misnamed = naming.is_misnamed()
-        && !recorded(naming::CONDITION).is_some_and(|c| c.status == name_status);
+    let newly_misnamed =
+        naming.is_misnamed() && recorded(naming::CONDITION).is_none_or(|c| c.status != name_status);
     if newly_misnamed {
         report_misnamed(lock, ns, &naming, ctx).await;
     }
