@@ -52,7 +52,7 @@ k=$(printf %s "$ISSUELOCK_ISSUE" | sha256sum | cut -c1-16)
 [ -e "$d/done.$k" ] && exit 0
 echo "start $WORKER_ID $ISSUELOCK_FENCING_TOKEN $(date +%s.%N)" >> "$d/log.$k"
 if [ "$1" = hang ]; then echo $$ > "$d/hung.pid"; exec sleep 600; fi
-sleep 0.4
+sleep 1
 echo "end $WORKER_ID $ISSUELOCK_FENCING_TOKEN $(date +%s.%N)" >> "$d/log.$k"
 touch "$d/done.$k"
 "#;

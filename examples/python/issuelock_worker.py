@@ -155,6 +155,7 @@ class Heartbeat:
         return self.lease["metadata"]["uid"]
 
     def trusted(self) -> bool:
+        """False for good once the renew deadline passed or the heartbeat or a lock was lost."""
         if self.lost_why is None and time.monotonic() - self.last_ok_send >= self.deadline:
             self.lost_why = f"heartbeat not renewed for {self.deadline} s (renew deadline)"
         return self.lost_why is None
@@ -299,16 +300,23 @@ def run_command(cmd, env, locks: Locks, lock: dict, grace: float, interval: floa
     forward = lambda sig, _frame: os.killpg(proc.pid, sig)  # noqa: E731
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    next_check = time.monotonic() + interval
-    while proc.poll() is None:
-        if time.monotonic() >= next_check:
-            next_check += interval
+    done = threading.Event()
+
+    def watch_lock() -> None:  # API calls block: never on the thread that enforces deadlines
+        while not done.wait(interval):
             if not locks.still_ours(lock):
                 locks.hb.lost_why = locks.hb.lost_why or "lock deleted or replaced"
-        if not locks.hb.trusted() or locks.hb.lost_why:
-            stop_group(proc, grace)
-            raise Lost(locks.hb.lost_why)
-        time.sleep(0.05)
+                return
+
+    threading.Thread(target=watch_lock, daemon=True).start()
+    try:
+        while proc.poll() is None:
+            if not locks.hb.trusted():
+                stop_group(proc, grace)
+                raise Lost(locks.hb.lost_why)
+            time.sleep(0.05)
+    finally:
+        done.set()
     return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
 
