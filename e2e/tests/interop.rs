@@ -412,3 +412,87 @@ fn kubectl_ok_stdin(args: &[&str], stdin: &str) {
     let out = kubectl_stdin(args, stdin);
     assert!(out.status.success(), "kubectl {args:?}: {:?}", text(&out));
 }
+
+/// The chart's admission policy refuses a lock whose name's readable part is not its
+/// issue's (CEL cannot hash; the slug is checked exactly, the hash for form), and admits
+/// every lock of the shared vectors under its right name.
+#[tokio::test]
+async fn the_chart_policy_refuses_a_lock_not_named_after_its_issue() {
+    let client = client().await;
+    let ns = namespace(&client, "name-policy").await;
+    // The policy is cluster-wide: limit it to this test's namespace.
+    kubectl_ok(&[
+        "label",
+        "namespace",
+        &ns,
+        &format!("issuelock-e2e-name={ns}"),
+    ]);
+    let server: serde_json::Value =
+        serde_json::from_str(&kubectl_ok(&["version", "-o", "json"])).unwrap();
+    let release = format!("nm{}", std::process::id());
+    let out = Command::new("helm")
+        .args(["template", &release])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/charts/issuelock"))
+        .args(["-n", &ns, "--show-only", "templates/admission-policy.yaml"])
+        .args([
+            "--kube-version",
+            server["serverVersion"]["gitVersion"].as_str().unwrap(),
+        ])
+        .args([
+            "--set",
+            &format!("admissionPolicy.namespaceSelector.matchLabels.issuelock-e2e-name={ns}"),
+        ])
+        .output()
+        .unwrap();
+    let (policy, err) = text(&out);
+    assert!(out.status.success(), "helm template: {err}");
+    kubectl_ok_stdin(&["apply", "-f", "-"], &policy);
+    let me: serde_json::Value =
+        serde_json::from_str(&kubectl_ok(&["auth", "whoami", "-o", "json"])).unwrap();
+    let user = me["status"]["userInfo"]["username"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let create = |name: &str, issue: &str| {
+        let lock = serde_json::json!({
+            "apiVersion": "issuelock.dev/v1alpha1", "kind": "IssueLock",
+            "metadata": {"name": name},
+            "spec": {"issue": issue, "holder": {"identity": "w", "lease": "l", "user": user}},
+        });
+        kubectl_stdin(&["create", "-n", &ns, "-f", "-"], &lock.to_string())
+    };
+    // A Unicode lower() of the key: refused once the policy is in force.
+    let refused = eventually(Duration::from_secs(20), "the policy in force", || async {
+        let out = create("kelvin-x-1-ce3c9e6a5af0", "\u{212A}elvin/x#1");
+        let _ = kubectl(&["delete", "issuelocks", "--all", "-n", &ns]);
+        (!out.status.success()).then(|| text(&out).1)
+    })
+    .await;
+    assert!(
+        refused.contains("must be the lock name of spec.issue, elvin-x-1-"),
+        "{refused}"
+    );
+    for (name, issue) in [
+        ("org-repo-124-ee86bab53236", "org/repo#123"),
+        ("org-repo-123-ee86bab5323", "org/repo#123"),
+        ("org-repo-123-ee86bab53236x", "org/repo#123"),
+    ] {
+        let out = create(name, issue);
+        assert!(!out.status.success(), "{name} admitted for {issue:?}");
+    }
+    let vectors: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/protocol/lock-names.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    for v in vectors["valid"].as_array().unwrap() {
+        let (issue, name) = (v["key"].as_str().unwrap(), v["name"].as_str().unwrap());
+        let out = create(name, issue);
+        assert!(out.status.success(), "{name} refused: {}", text(&out).1);
+    }
+    kubectl_ok_stdin(&["delete", "-f", "-"], &policy);
+    delete_namespace(&client, &ns).await;
+}
