@@ -138,6 +138,16 @@ impl Drop for Driver {
     }
 }
 
+/// Every work log of the test, concatenated.
+fn all_logs(dir: &Path) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("log."))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect()
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -219,11 +229,22 @@ async fn python_and_rust_workers_race_over_the_same_issues() {
     .await;
     let mut fleet = vec![
         Driver::start(d, &ns, "py-1", "python", "work", 2),
-        Driver::start(d, &ns, "rust-1", "rust", "work", 4),
         Driver::start(d, &ns, "py-2", "python", "work", 6),
-        Driver::start(d, &ns, "rust-2", "rust", "work", 8),
     ];
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The Rust workers join once each Python worker holds an issue (Python starts slower:
+    // under load the Rust ones could otherwise do everything), and all race for the rest.
+    eventually(
+        Duration::from_secs(20),
+        "both Python workers working",
+        || async {
+            let logs = all_logs(d);
+            (logs.contains("start py-1 ") && logs.contains("start py-2 ")).then_some(())
+        },
+    )
+    .await;
+    fleet.push(Driver::start(d, &ns, "rust-1", "rust", "work", 4));
+    fleet.push(Driver::start(d, &ns, "rust-2", "rust", "work", 8));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let killed_at = unix_now();
     victim.kill();
     let pid = std::fs::read_to_string(d.join("hung.pid")).unwrap();
