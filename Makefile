@@ -13,7 +13,7 @@ demo: ## Start a throwaway control plane, race workers over issues, show the loc
 	bash e2e/demo.sh
 
 .PHONY: test
-test: fmt-check clippy test-unit test-e2e ## Everything CI runs: fmt, clippy, unit and end-to-end tests.
+test: fmt-check clippy test-unit test-python test-e2e ## Everything CI runs: fmt, clippy, unit, Python and end-to-end tests.
 
 .PHONY: fmt-check
 fmt-check: ## Check formatting.
@@ -26,6 +26,10 @@ clippy: ## Lint with warnings as errors.
 .PHONY: test-unit
 test-unit: ## Unit tests (no cluster needed), including the CRD-in-sync check.
 	cargo test --lib --bins
+
+.PHONY: test-python
+test-python: ## The Python reference worker's tests (lock-name vectors); creates its venv once.
+	python="$$(bash e2e/python-env.sh)" && "$$python" -m unittest discover -s examples/python -v
 
 .PHONY: test-e2e
 test-e2e: ## End-to-end tests on a local control plane (or $$ISSUELOCK_E2E_KUBECONFIG's cluster).

@@ -13,6 +13,9 @@ if [[ -z "${ISSUELOCK_E2E_KUBECONFIG:-}" ]]; then
   source "$dir/env"
   export ISSUELOCK_E2E_KUBECONFIG="$KUBECONFIG"
 fi
+# The Python reference worker (examples/python) races the Rust workers in e2e/tests/interop.rs.
+ISSUELOCK_E2E_PYTHON="$(bash "$here/python-env.sh")"
+export ISSUELOCK_E2E_PYTHON
 echo "[e2e] cluster: $ISSUELOCK_E2E_KUBECONFIG; kubectl: $(command -v kubectl)" >&2
 start=$SECONDS
 # First the target that needs a cluster without the CRD, then everything else.

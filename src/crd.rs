@@ -124,7 +124,7 @@ pub struct Signature {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IssueLockStatus {
-    /// `HolderAlive` and `SignatureValid` conditions.
+    /// `HolderAlive`, `NameMatchesIssue` and `SignatureValid` conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// When the controller last saw the holder's Lease change (its own observation time).

@@ -6,13 +6,16 @@
 //! it never changes between versions (golden vectors in the tests pin it).
 //!
 //! A lock name is `<slug>-<hash>`:
-//! * `slug`: the key lower-cased, every run of characters outside `[a-z0-9]` replaced
-//!   by one `-`, trimmed of `-`, cut to [`SLUG_MAX`] characters (`issue` if empty);
+//! * `slug`: the key with ASCII `A`–`Z` lower-cased (nothing else: not the Kelvin sign,
+//!   not `İ`, not full-width letters), the runs of `[a-z0-9]` joined by single `-` (every
+//!   other character, ASCII or not, separates), cut to [`SLUG_MAX`] characters, a `-`
+//!   left at the end of the cut dropped (`issue` if empty);
 //! * `hash`: the first [`HASH_HEX`] hex digits of SHA-256 over the key's exact UTF-8
 //!   bytes, so keys with the same slug (`a/b#1`, `a-b-1`) get different names.
 //!
 //! The result is at most 63 characters and always a valid DNS-1123 label (so also a
-//! valid DNS-1123 subdomain and label value).
+//! valid DNS-1123 subdomain and label value). `PROTOCOL.md` states the rule for other
+//! languages; `protocol/lock-names.json` holds the vectors both sides test against.
 
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -161,6 +164,27 @@ mod tests {
             format!("org-repo-123-{}", sha("org/repo#123"))
         );
         assert_ne!(name("a/b#1"), name("a-b-1"));
+    }
+
+    /// The shared vectors of `protocol/lock-names.json`, which foreign clients' tests read
+    /// too (PROTOCOL.md): every valid key maps to its name, every invalid key is refused.
+    #[test]
+    fn shared_protocol_vectors() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/protocol/lock-names.json");
+        let text = std::fs::read_to_string(path).expect("protocol/lock-names.json");
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("vectors are JSON");
+        let valid = doc["valid"].as_array().expect("valid vectors");
+        assert!(valid.len() >= 20, "at least 20 vectors");
+        for v in valid {
+            let (key, want) = (v["key"].as_str().unwrap(), v["name"].as_str().unwrap());
+            let got = IssueKey::parse(key).map(|k| k.lock_name());
+            assert_eq!(got.as_deref(), Ok(want), "key {key:?}");
+            assert!(is_dns1123_label(want), "{want}");
+        }
+        for v in doc["invalid"].as_array().expect("invalid vectors") {
+            let key = v["key"].as_str().unwrap();
+            assert!(IssueKey::parse(key).is_err(), "key {key:?} must be refused");
+        }
     }
 
     fn sha(key: &str) -> String {

@@ -252,8 +252,9 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     .await;
     assert!(denied.contains("only the lock's creator"), "{denied}");
     let forged = format!(
-        "apiVersion: issuelock.dev/v1alpha1\nkind: IssueLock\nmetadata:\n  name: forged\n  namespace: {work}\n\
-         spec:\n  issue: forged\n  holder:\n    identity: chart-worker-0\n    lease: x\n    user: system:serviceaccount:{work}:worker\n"
+        "apiVersion: issuelock.dev/v1alpha1\nkind: IssueLock\nmetadata:\n  name: {}\n  namespace: {work}\n\
+         spec:\n  issue: forged\n  holder:\n    identity: chart-worker-0\n    lease: x\n    user: system:serviceaccount:{work}:worker\n",
+        issuelock::IssueKey::parse("forged").unwrap().lock_name()
     );
     let out = kubectl_stdin(&["create", "--as", &thief, "-f", "-"], &forged);
     let (_, err) = text(&out);
@@ -597,9 +598,12 @@ async fn pod_bound_replicas_cannot_touch_each_other(client: &kube::Client, work:
     assert_renewing(work, &lease).await;
     // Replica B cannot take a lock recording pod A either.
     let forged = format!(
-        "apiVersion: issuelock.dev/v1alpha1\nkind: IssueLock\nmetadata:\n  name: forged-replica\n  namespace: {work}\n\
+        "apiVersion: issuelock.dev/v1alpha1\nkind: IssueLock\nmetadata:\n  name: {}\n  namespace: {work}\n\
          spec:\n  issue: forged-replica\n  holder:\n    identity: replica-a\n    lease: x\n    user: system:serviceaccount:{work}:worker\n\
          \x20   pod: {{name: replica-a, uid: {}}}\n",
+        issuelock::IssueKey::parse("forged-replica")
+            .unwrap()
+            .lock_name(),
         uids[0]
     );
     let out = kubectl_stdin_as(

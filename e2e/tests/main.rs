@@ -9,6 +9,7 @@ mod chart;
 mod crd;
 mod forged;
 mod holder;
+mod interop;
 mod leader;
 mod leaks;
 mod namespaces;

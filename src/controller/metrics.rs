@@ -20,6 +20,8 @@ pub struct Metrics {
     reconcile_sum_micros: AtomicU64,
     /// Locks currently held (in the controller's view).
     pub locks_held: AtomicI64,
+    /// Locks whose name is not the one derived from their `spec.issue`.
+    pub misnamed_locks: AtomicI64,
     /// Locks whose holder was last judged alive.
     pub holders_alive: AtomicI64,
     /// 1 while this replica is the leader (reclaims), else 0.
@@ -139,6 +141,11 @@ impl Metrics {
                 self.locks_held.load(Ordering::Relaxed) as f64,
             ),
             (
+                "issuelock_misnamed_locks",
+                "Locks whose name is not the one derived from their spec.issue (PROTOCOL.md).",
+                self.misnamed_locks.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "issuelock_holders_alive_locks",
                 "Locks whose holder was last judged alive.",
                 self.holders_alive.load(Ordering::Relaxed) as f64,
@@ -178,5 +185,6 @@ mod tests {
         assert!(text.contains("issuelock_reclaims_total{reason=\"lease_expired\"} 0"));
         assert!(text.contains("issuelock_reconcile_duration_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("issuelock_reconcile_duration_seconds_count 1"));
+        assert!(text.contains("issuelock_misnamed_locks 0"));
     }
 }

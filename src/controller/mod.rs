@@ -15,6 +15,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod naming;
 pub mod observations;
 pub mod pod_reads;
 pub mod staleness;
@@ -36,6 +37,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use metrics::Metrics;
+use naming::NameCheck;
 use observations::{FirstSeen, LeaseKey, Observations, lease_key};
 use pod_reads::RecentPodReads;
 use serde_json::json;
@@ -130,6 +132,11 @@ impl Context {
             .store(self.leadership.is_leading() as i64, Ordering::Relaxed);
         let locks = self.locks.state();
         m.locks_held.store(locks.len() as i64, Ordering::Relaxed);
+        let misnamed = locks
+            .iter()
+            .filter(|l| NameCheck::of(&l.name_any(), &l.spec.issue).is_misnamed())
+            .count();
+        m.misnamed_locks.store(misnamed as i64, Ordering::Relaxed);
         let now = Instant::now();
         let oldest = locks
             .iter()
@@ -656,6 +663,10 @@ async fn write_alive_status(
             lock.spec.holder.lease
         ),
     )];
+    let name = lock.name_any();
+    let naming = NameCheck::of(&name, &lock.spec.issue);
+    let (name_status, name_reason, name_message) = naming.condition(&name);
+    wanted.push((naming::CONDITION, name_status, name_reason, name_message));
     if let Some(v) = signature {
         let status = if v.is_valid() { "True" } else { "False" };
         wanted.push(("SignatureValid", status, v.reason(), v.message()));
@@ -663,6 +674,11 @@ async fn write_alive_status(
     let conditions_current = wanted.iter().all(|(t, st, reason, _)| {
         recorded(t).is_some_and(|c| c.status == *st && c.reason == *reason)
     });
+    let newly_misnamed =
+        naming.is_misnamed() && recorded(naming::CONDITION).is_none_or(|c| c.status != name_status);
+    if newly_misnamed {
+        report_misnamed(lock, ns, &naming, ctx).await;
+    }
     let heartbeat_current = status
         .last_heartbeat_observed
         .as_ref()
@@ -704,6 +720,27 @@ async fn write_alive_status(
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404, "NotFound") => Ok(()),
         Err(e) => Err(ReconcileError::new(step, classify(step, ns, e))),
+    }
+}
+
+/// Logs and emits a Warning Event for a lock whose name is not its issue's. The lock is
+/// kept: see PROTOCOL.md ("A misnamed lock is reported") for why it is not reclaimed.
+async fn report_misnamed(lock: &IssueLock, ns: &str, naming: &NameCheck, ctx: &Context) {
+    let name = lock.name_any();
+    let (_, _, message) = naming.condition(&name);
+    tracing::warn!(
+        lock = %name, namespace = ns, issue = %lock.spec.issue,
+        holder = %lock.spec.holder.identity, "lock name does not match its issue: {message}"
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: naming::EVENT_REASON.into(),
+        note: Some(message),
+        action: "CheckName".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &lock.object_ref(&())).await {
+        tracing::warn!(error = %e, "failed to publish misnamed-lock event");
     }
 }
 
