@@ -226,6 +226,14 @@ impl LockClient {
                 "max hold time must be at least one second".into(),
             ));
         }
+        if let Some(max_hold) = config.max_hold
+            && max_hold > MAX_HOLD_LIMIT
+        {
+            return Err(Error::Config(format!(
+                "max hold time must be at most {} seconds (10 years), not {max_hold:?}",
+                MAX_HOLD_LIMIT.as_secs()
+            )));
+        }
         config.heartbeat.validate()?;
         let lease = config.identity.new_lease_name();
         let who = match config.user.clone() {
@@ -594,14 +602,18 @@ impl Inner {
             }
         };
         let lost = self.heartbeat.pulse().lost.child_token();
-        let max_hold_deadline = self.config.max_hold.map(|max_hold| acquired_at + max_hold);
-        if let Some(max_hold) = self.config.max_hold {
+        // `start` bounds the max hold time; no end is as good as one past the clock's.
+        let max_hold_deadline = self
+            .config
+            .max_hold
+            .and_then(|max_hold| acquired_at.checked_add(max_hold));
+        if let Some(end) = max_hold_deadline {
             // Give up the lock on our own clock, measured from before the create was sent,
             // so we stop no later than the controller may reclaim it.
             let lost = lost.clone();
             tokio::spawn(async move {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(acquired_at + max_hold) => lost.cancel(),
+                    _ = tokio::time::sleep_until(end) => lost.cancel(),
                     _ = lost.cancelled() => {}
                 }
             });
@@ -740,6 +752,10 @@ impl Inner {
         }
     }
 }
+
+/// The longest max hold time a client accepts: 10 years. Far less than what an
+/// [`Instant`] or `maxHoldSeconds` (an i64) can hold, far more than any real work.
+pub const MAX_HOLD_LIMIT: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// Rounds a library max hold time up to whole seconds for `maxHoldSeconds`, so the
 /// controller never acts before the holder's own timer.

@@ -535,3 +535,59 @@ async fn a_server_error_on_create_is_treated_as_an_unknown_outcome() {
     assert_eq!(server.lock().unwrap().creates, 1);
     drop(guard);
 }
+
+#[tokio::test]
+async fn an_absurd_max_hold_is_refused_before_any_call() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for max_hold in [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX),
+        Duration::from_secs(i64::MAX as u64 + 1),
+        crate::lock::MAX_HOLD_LIMIT + Duration::from_millis(1),
+    ] {
+        let counted = calls.clone();
+        let service = tower::service_fn(move |_req: Request<Body>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { respond(StatusCode::NOT_FOUND, not_found()) }
+        });
+        let me = HolderIdentity {
+            identity: "me".into(),
+            pod: None,
+            pod_namespace: None,
+        };
+        let mut config = LockConfig::new("ns", me);
+        config.max_hold = Some(max_hold);
+        let err = LockClient::start(kube::Client::new(service, "ns"), config)
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, Error::Config(_)), "{max_hold:?}: {err:?}");
+        assert!(
+            err.to_string().contains("max hold time must be at most"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no API call"
+    );
+}
+
+#[tokio::test]
+async fn the_longest_max_hold_is_accepted_and_sent() {
+    let (locks, server) = client_with(Server::default(), |c| {
+        c.max_hold = Some(crate::lock::MAX_HOLD_LIMIT)
+    })
+    .await;
+    let Acquisition::Acquired(guard) = locks.try_acquire("org/repo#15").await.unwrap() else {
+        panic!("free lock");
+    };
+    let sent = server.lock().unwrap().lock.clone().unwrap();
+    assert_eq!(
+        sent["spec"]["maxHoldSeconds"],
+        crate::lock::MAX_HOLD_LIMIT.as_secs()
+    );
+    assert!(guard.max_hold_deadline().is_some());
+    guard.release().await.unwrap();
+}

@@ -249,3 +249,28 @@ fn inconsistent_heartbeat_timing_is_rejected_before_any_call() {
         "{stderr}"
     );
 }
+
+/// A max hold time too large for the clock is refused before any API call (exit 2),
+/// not a panic once the lock is taken.
+#[tokio::test]
+async fn an_absurd_max_hold_time_is_refused_before_any_call() {
+    let client = client().await;
+    let ns = namespace(&client, "bad-max-hold").await;
+    for max_hold in ["18446744073709551615", "9223372036854775808", "400000000"] {
+        let out = issuelock()
+            .args(["run", "-n", &ns, "--issue", "org/repo#max"])
+            .args(["--max-hold-seconds", max_hold, "--", "true"])
+            .output()
+            .unwrap();
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{max_hold}: {stderr}");
+        assert!(stderr.contains("max hold time"), "{stderr}");
+    }
+    let locks = kubectl_ok(&["get", "issuelocks", "-n", &ns, "-o", "name"]);
+    let leases = kubectl_ok(&["get", "leases", "-n", &ns, "-o", "name"]);
+    assert!(
+        locks.trim().is_empty() && leases.trim().is_empty(),
+        "nothing left behind: {locks} {leases}"
+    );
+    delete_namespace(&client, &ns).await;
+}

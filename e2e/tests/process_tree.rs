@@ -454,3 +454,154 @@ async fn a_signal_before_the_lock_is_taken_runs_nothing_and_leaves_nothing() {
     );
     delete_namespace(&client, &ns).await;
 }
+
+/// A SIGTERM that reaches `run` right after it took the lock (while the supervisor is
+/// being started, or just as the command starts) either keeps the command from running
+/// or is forwarded to it: `run` exits 143 either way, and releases everything.
+#[tokio::test]
+async fn a_sigterm_right_after_the_lock_is_taken_exits_143() {
+    use std::io::{BufRead, BufReader, Read};
+    let client = client().await;
+    let ns = namespace(&client, "tree-sigterm-start").await;
+    let mut outcomes = Vec::new();
+    for i in 0..5 {
+        let mut run = {
+            use std::os::unix::process::CommandExt;
+            issuelock()
+                .args(["run", "-n", &ns, "--issue", &format!("org/repo#sig-{i}")])
+                .args(["--", "sleep", "30"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let mut stderr = BufReader::new(run.stderr.take().unwrap());
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap() > 0 {
+            if line.contains("lock acquired") {
+                kill(Pid::from_raw(run.id() as i32), Signal::SIGTERM).unwrap();
+                break;
+            }
+            line.clear();
+        }
+        let mut tail = String::new();
+        stderr.read_to_string(&mut tail).unwrap();
+        let code = exit_of(run).await.code();
+        println!("trial {i}: exit {code:?}: {}", tail.trim());
+        outcomes.push((code, tail));
+    }
+    assert!(locks_in(&ns).trim().is_empty(), "nothing left held");
+    for (code, stderr) in &outcomes {
+        assert_eq!(*code, Some(143), "{stderr}");
+    }
+    delete_namespace(&client, &ns).await;
+}
+
+/// A command that SIGSTOPs its supervisor cannot keep its tree alive once the lock is
+/// lost: `run` waits a grace period (and a margin) for the supervisor's report, then
+/// kills the supervisor and the whole tree itself and exits 76.
+#[tokio::test]
+async fn a_stopped_supervisor_does_not_keep_the_tree_alive_after_a_lost_lock() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-stopped-supervisor").await;
+    let scratch = Scratch::new("tree-stopped-supervisor");
+    let (run, below) =
+        start_stopping_its_supervisor(&ns, "org/repo#stopsup", &scratch.0, &[]).await;
+    let deleted = Instant::now();
+    let out = issuelock()
+        .args(["release", "org/repo#stopsup", "-n", &ns, "--force"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    let (status, left) = end_of(run, &below, Duration::from_secs(8)).await;
+    let took = deleted.elapsed().as_secs_f64();
+    let stderr = stderr_of(&scratch.0);
+    println!("lock deleted, supervisor stopped → run killed the tree and exited after {took:.3}s");
+    assert_eq!(status.and_then(|s| s.code()), Some(76), "{stderr}");
+    assert_eq!(left, [], "{stderr}");
+    assert!(took < GRACE + 3.0, "{took}");
+    assert!(stderr.contains("unresponsive"), "{stderr}");
+    assert!(locks_in(&ns).trim().is_empty(), "nothing left held");
+    delete_namespace(&client, &ns).await;
+}
+
+/// The same when the trust `run` last sent runs out (here at the max hold time minus the
+/// grace period) with no `stop` sent before.
+#[tokio::test]
+async fn a_stopped_supervisor_does_not_keep_the_tree_alive_past_its_trust() {
+    let client = client().await;
+    let ns = namespace(&client, "tree-stopped-supervisor-trust").await;
+    let scratch = Scratch::new("tree-stopped-supervisor-trust");
+    let started = Instant::now();
+    let (run, below) = start_stopping_its_supervisor(
+        &ns,
+        "org/repo#stopsup-trust",
+        &scratch.0,
+        &["--max-hold-seconds", "3"],
+    )
+    .await;
+    let (status, left) = end_of(run, &below, Duration::from_secs(10)).await;
+    let took = started.elapsed().as_secs_f64();
+    let stderr = stderr_of(&scratch.0);
+    println!("max hold 3 s, supervisor stopped → run killed the tree and exited after {took:.3}s");
+    assert_eq!(status.and_then(|s| s.code()), Some(76), "{stderr}");
+    assert_eq!(left, [], "{stderr}");
+    assert!(stderr.contains("unresponsive"), "{stderr}");
+    assert!(locks_in(&ns).trim().is_empty(), "nothing left held");
+    delete_namespace(&client, &ns).await;
+}
+
+/// Starts `run` (FAST_HEARTBEAT, grace GRACE, `flags`) with a command that starts
+/// `sleep 300` and SIGSTOPs its parent, the supervisor; returns `run` and everything below
+/// it once the supervisor is stopped.
+async fn start_stopping_its_supervisor(
+    ns: &str,
+    issue: &str,
+    dir: &Path,
+    flags: &[&str],
+) -> (Child, Vec<Pid>) {
+    use std::os::unix::process::CommandExt;
+    let pidfile = dir.join("pid");
+    let script = format!(
+        "sleep 300 & echo $! > {p}.tmp; mv {p}.tmp {p}; kill -STOP $PPID; wait",
+        p = pidfile.display()
+    );
+    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
+    let grace = GRACE.to_string();
+    let run = issuelock()
+        .args(["run", "-n", ns, "--issue", issue])
+        .args(fast(&grace))
+        .args(flags)
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let child = eventually(Duration::from_secs(15), "the command's child", || async {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Pid::from_raw)
+    })
+    .await;
+    let below = tree::living_descendants(Pid::from_raw(run.id() as i32));
+    assert!(below.contains(&child), "{below:?}");
+    (run, below)
+}
+
+/// Waits up to `limit` for `run` to exit, then kills whatever is left of it and of
+/// `below`; returns its exit status (`None`: still running) and who of `below` was alive.
+async fn end_of(run: Child, below: &[Pid], limit: Duration) -> (Option<ExitStatus>, Vec<Pid>) {
+    let run_pid = Pid::from_raw(run.id() as i32);
+    let status = tokio::time::timeout(limit, exit_of(run)).await.ok();
+    let left = living(below);
+    for &pid in &left {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    if status.is_none() {
+        let _ = kill(run_pid, Signal::SIGKILL);
+    }
+    (status, left)
+}

@@ -17,6 +17,12 @@ use std::time::Duration;
 const DEFAULT_GRACE: Duration = Duration::from_secs(3);
 /// How often `run` tells its supervisor how long the lock is still trusted, at most.
 const TRUST_PERIOD: Duration = Duration::from_millis(250);
+/// The longest `run` waits, past the grace period, for the supervisor to report that the
+/// tree it was stopping is gone, before `run` kills the supervisor and the tree itself.
+const REPORT_MARGIN: Duration = Duration::from_secs(1);
+/// How long `run` reads reports still on their way before it concludes that the
+/// supervisor is unresponsive.
+const SETTLE_LIMIT: Duration = Duration::from_millis(200);
 
 pub(super) async fn run_locked(args: RunArgs) -> Result<ExitCode, Error> {
     let RunArgs {
@@ -47,8 +53,13 @@ pub(super) async fn run_locked(args: RunArgs) -> Result<ExitCode, Error> {
             Ok(signal_exit(sig))
         }
         None => {
+            let slack = timing.lease_duration.saturating_sub(timing.renew_deadline);
             let held = Held {
                 grace,
+                // Within the slack, so that even a tree `run` kills itself is gone before
+                // others may take the lock.
+                margin: (slack.saturating_sub(grace) / 2)
+                    .clamp(Duration::from_millis(50), REPORT_MARGIN),
                 trust_period: TRUST_PERIOD
                     .min(timing.renew_interval / 4)
                     .max(Duration::from_millis(10)),
@@ -101,6 +112,8 @@ fn grace_period(
 struct Held {
     /// Time between SIGTERM and SIGKILL of the tree.
     grace: Duration,
+    /// How long after the grace period `run` still waits for the supervisor's report.
+    margin: Duration,
     /// How often the supervisor is told how long the lock is still trusted.
     trust_period: Duration,
 }
@@ -145,8 +158,16 @@ async fn run_with(
             return Ok(ExitCode::from(EXIT_FAILURE));
         }
     };
-    let ending = hold(&guard, &mut supervisor, signals, held).await;
-    let left = supervisor.finish().await;
+    // The command starts with the first `trust`. A signal that reached `run` before then
+    // keeps it from starting: the supervisor reads the end of its orders and exits.
+    let ending = match signals.pending() {
+        Some(sig) => Ending::NotStarted(Order::Signal(sig)),
+        None => hold(&guard, &mut supervisor, signals, held).await,
+    };
+    let left = match ending {
+        Ending::Unresponsive { .. } => supervisor.kill().await,
+        _ => supervisor.finish().await,
+    };
     if left > 0 {
         eprintln!("issuelock: killed {left} process(es) left behind by the command's supervisor");
     }
@@ -163,11 +184,22 @@ enum Ending {
     },
     /// It could not be executed.
     CannotStart { not_found: bool, error: String },
+    /// It was not started: this order (a signal to forward) came before it could be.
+    NotStarted(Order),
     /// The supervisor died without a report; what it left was killed.
     SupervisorLost,
+    /// The supervisor took no order or sent no report in time (paused or stuck); `run`
+    /// killed it and the whole tree. `stopped` when the tree was being stopped.
+    Unresponsive { stopped: Option<StopCause> },
 }
 
 /// Keeps the supervisor informed (trust, lost lock, signals) until the command ended.
+///
+/// The first order is always a `trust`, which starts the command. Whenever the supervisor
+/// should be stopping the tree (`stop` sent, or the trust last granted has passed), `run`
+/// expects its final report within the grace period and a margin; without it, or when an
+/// order cannot be written, the supervisor is unresponsive and `run` kills the tree
+/// itself.
 async fn hold(
     guard: &LockGuard,
     supervisor: &mut Supervisor,
@@ -175,39 +207,146 @@ async fn hold(
     held: Held,
 ) -> Ending {
     let mut stopped = None;
-    let mut tick = tokio::time::interval(held.trust_period);
+    // When `stop` was sent.
+    let mut stop_sent = None;
+    // Until when the supervisor trusts the lock, as last told.
+    let mut granted = match grant(guard, supervisor, held).await {
+        Ok(until) => until,
+        Err(e) => return settle(guard, supervisor, stopped, &e.to_string()).await,
+    };
+    let start = later(tokio::time::Instant::now(), held.trust_period);
+    let mut tick = tokio::time::interval_at(start, held.trust_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let must_end = stop_sent.map_or(granted, |sent: tokio::time::Instant| sent.min(granted));
+        let must_report = later(later(must_end, held.grace), held.margin);
         tokio::select! {
-            report = supervisor.report() => match report {
-                Some(Report::Started(pid)) => tracing::info!(pid, "command started"),
-                Some(Report::Stopping(cause)) => {
-                    if stopped.is_none() {
-                        eprintln!("issuelock: the lock on {:?} is no longer trusted ({cause}); stopping the command's process tree", guard.issue().as_str());
-                    }
-                    stopped.get_or_insert(cause);
-                }
-                Some(Report::Finished(status)) => return Ending::Finished { status, stopped },
-                Some(Report::CannotStart { not_found, error }) => {
-                    return Ending::CannotStart { not_found, error };
-                }
-                None => return Ending::SupervisorLost,
+            // Reports first: one already received is never mistaken for silence.
+            biased;
+            report = supervisor.report() => if let Some(ending) = on_report(guard, &mut stopped, report) {
+                return ending;
             },
+            _ = tokio::time::sleep_until(must_report) => {
+                let cause = *stopped.get_or_insert(if stop_sent.is_some() {
+                    StopCause::LockLost
+                } else {
+                    StopCause::TrustExpired
+                });
+                let why = format!("no report {:?} after the tree had to be stopped ({cause})", held.grace + held.margin);
+                return settle(guard, supervisor, stopped, &why).await;
+            }
             _ = guard.lost(), if stopped.is_none() => {
                 eprintln!("issuelock: lock on {:?} was lost; stopping the command's process tree", guard.issue().as_str());
                 stopped = Some(StopCause::LockLost);
-                supervisor.order(Order::Stop).await;
+                stop_sent = Some(tokio::time::Instant::now());
+                if let Err(e) = supervisor.order(Order::Stop).await {
+                    return settle(guard, supervisor, stopped, &e.to_string()).await;
+                }
             }
             sig = signals.recv() => {
                 tracing::info!(signal = %sig, "forwarding to the command");
-                supervisor.order(Order::Signal(sig)).await;
+                if let Err(e) = supervisor.order(Order::Signal(sig)).await {
+                    return settle(guard, supervisor, stopped, &e.to_string()).await;
+                }
             }
-            _ = tick.tick() => {
-                let until = crate::supervise::monotonic_now() + trust_left(guard, held.grace);
-                supervisor.order(Order::TrustUntil(until)).await;
+            // Once the trust granted has passed, the supervisor is stopping the tree and
+            // takes no newer trust.
+            _ = tick.tick(), if stopped.is_none() && tokio::time::Instant::now() < granted => {
+                if tokio::time::Instant::now() >= granted {
+                    continue;
+                }
+                match grant(guard, supervisor, held).await {
+                    Ok(until) => granted = until,
+                    Err(e) => return settle(guard, supervisor, stopped, &e.to_string()).await,
+                }
             }
         }
     }
+}
+
+/// Tells the supervisor until when the lock is trusted; returns that time.
+async fn grant(
+    guard: &LockGuard,
+    supervisor: &mut Supervisor,
+    held: Held,
+) -> std::io::Result<tokio::time::Instant> {
+    let left = trust_left(guard, held.grace);
+    let until = later(tokio::time::Instant::now(), left);
+    supervisor
+        .order(Order::TrustUntil(crate::supervise::monotonic_now() + left))
+        .await?;
+    Ok(until)
+}
+
+/// Acts on a report; returns the ending it tells if it is a final one (or the end of
+/// reports, `None`: the supervisor is gone).
+fn on_report(
+    guard: &LockGuard,
+    stopped: &mut Option<StopCause>,
+    report: Option<Report>,
+) -> Option<Ending> {
+    let Some(report) = report else {
+        return Some(Ending::SupervisorLost);
+    };
+    match report {
+        Report::Started(pid) => tracing::info!(pid, "command started"),
+        Report::Stopping(cause) => {
+            if stopped.is_none() {
+                eprintln!(
+                    "issuelock: the lock on {:?} is no longer trusted ({cause}); stopping the command's process tree",
+                    guard.issue().as_str()
+                );
+            }
+            stopped.get_or_insert(cause);
+        }
+        Report::Finished(status) => {
+            return Some(Ending::Finished {
+                status,
+                stopped: *stopped,
+            });
+        }
+        Report::CannotStart { not_found, error } => {
+            return Some(Ending::CannotStart { not_found, error });
+        }
+        Report::NotStarted(order) => return Some(Ending::NotStarted(order)),
+    }
+    None
+}
+
+/// The supervisor failed to take an order or to report in time (`why`): reads the
+/// reports still on their way for [`SETTLE_LIMIT`] (`run` itself may have been paused
+/// while the supervisor did its work); without a final one, it is unresponsive.
+async fn settle(
+    guard: &LockGuard,
+    supervisor: &mut Supervisor,
+    mut stopped: Option<StopCause>,
+    why: &str,
+) -> Ending {
+    let reading = async {
+        loop {
+            let report = supervisor.report().await;
+            if let Some(ending) = on_report(guard, &mut stopped, report) {
+                return ending;
+            }
+        }
+    };
+    match tokio::time::timeout(SETTLE_LIMIT, reading).await {
+        Ok(ending) => ending,
+        Err(_) => {
+            eprintln!(
+                "issuelock: the supervisor of the command is unresponsive ({why}); killing it and the command's whole process tree"
+            );
+            Ending::Unresponsive { stopped }
+        }
+    }
+}
+
+/// `at + by`, or a time decades away when that is past what an [`Instant`] can hold.
+///
+/// [`Instant`]: tokio::time::Instant
+fn later(at: tokio::time::Instant, by: Duration) -> tokio::time::Instant {
+    at.checked_add(by)
+        .unwrap_or_else(crate::supervise::far_future)
 }
 
 /// How much longer the command may run under `guard`: until the heartbeat's renew
@@ -233,9 +372,21 @@ async fn conclude(guard: LockGuard, program: &str, ending: Ending) -> u8 {
         Ending::CannotStart { error, .. } => {
             eprintln!("issuelock: cannot start {program:?}: {error}")
         }
+        Ending::NotStarted(Order::Signal(sig)) => {
+            eprintln!(
+                "issuelock: received {sig} before the command started; the command did not run"
+            )
+        }
+        Ending::NotStarted(order) => {
+            eprintln!(
+                "issuelock: the supervisor got {order:?} before the command started; the command did not run"
+            )
+        }
         Ending::SupervisorLost => eprintln!(
             "issuelock: the supervisor of the command died; every process it left was killed"
         ),
+        // Told by `settle` as it happened.
+        Ending::Unresponsive { .. } => {}
         Ending::Finished { stopped: None, .. } if lost_while_running => {
             eprintln!("issuelock: lock on {issue:?} was lost while the command ran")
         }
@@ -278,7 +429,12 @@ fn exit_code_of(ending: &Ending, lost: bool) -> u8 {
             not_found: true, ..
         } => EXIT_NOT_FOUND,
         Ending::CannotStart { .. } => EXIT_CANNOT_EXECUTE,
+        Ending::NotStarted(Order::Signal(sig)) => 128u8.wrapping_add(*sig as u8),
+        Ending::NotStarted(_) => EXIT_LOST,
         Ending::SupervisorLost => EXIT_FAILURE,
+        Ending::Unresponsive { stopped: Some(_) } => EXIT_LOST,
+        Ending::Unresponsive { .. } if lost => EXIT_LOST,
+        Ending::Unresponsive { .. } => EXIT_FAILURE,
     }
 }
 
@@ -412,5 +568,20 @@ mod tests {
         assert_eq!(exit_code_of(&cannot(true), false), 127);
         assert_eq!(exit_code_of(&cannot(false), false), 126);
         assert_eq!(exit_code_of(&Ending::SupervisorLost, false), EXIT_FAILURE);
+        // A signal before the command started: 128 + n, lost lock or not.
+        for lost in [false, true] {
+            let not_started = Ending::NotStarted(Order::Signal(Signal::SIGTERM));
+            assert_eq!(exit_code_of(&not_started, lost), 143);
+        }
+        // An unresponsive supervisor, killed with its tree by `run`.
+        for cause in [StopCause::LockLost, StopCause::TrustExpired] {
+            let stopping = Ending::Unresponsive {
+                stopped: Some(cause),
+            };
+            assert_eq!(exit_code_of(&stopping, false), EXIT_LOST);
+        }
+        let unresponsive = Ending::Unresponsive { stopped: None };
+        assert_eq!(exit_code_of(&unresponsive, false), EXIT_FAILURE);
+        assert_eq!(exit_code_of(&unresponsive, true), EXIT_LOST);
     }
 }

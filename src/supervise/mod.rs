@@ -20,6 +20,14 @@
 //!   period, SIGKILL, before `run` releases the lock.
 //! * **The supervisor died**: its orphans are reparented to `run`, which SIGKILLs every
 //!   descendant left once the supervisor is gone.
+//! * **The supervisor is paused or stuck** (the command SIGSTOPped it): once the tree
+//!   must stop (`stop` sent, or the trust last sent has passed), `run` waits the grace
+//!   period and a margin for the final report; without it, or when an order cannot be
+//!   written in time, `run` SIGKILLs the supervisor and every descendant itself.
+//!
+//! The first order is always `trust`; the command starts when the supervisor reads it.
+//! A supervisor that gets another order first does not start the command, and reports
+//! `not-started`.
 //!
 //! Not covered: a process that is not a descendant (handed work over IPC to another
 //! process, or a daemon started through systemd or a container runtime); a process in
@@ -42,6 +50,19 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 /// How long a starting supervisor may take to connect.
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+/// How long writing one order may take. A supervisor reads its orders at once, so a
+/// write that takes longer means it is paused or stuck with a full socket buffer.
+const WRITE_LIMIT: Duration = Duration::from_millis(500);
+/// How long [`Supervisor::finish`] waits for the supervisor to exit before SIGKILLing it.
+const EXIT_LIMIT: Duration = Duration::from_secs(2);
+
+/// A time decades from now: what adding a duration to an [`Instant`] gives instead of
+/// overflowing.
+///
+/// [`Instant`]: tokio::time::Instant
+pub(crate) fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
 
 /// `issuelock run`'s handle on its supervisor process.
 pub struct Supervisor {
@@ -92,12 +113,17 @@ impl Supervisor {
         }
     }
 
-    /// Sends `order`. A failure means the supervisor is gone, which [`Self::report`]
-    /// then tells as the end of reports.
-    pub async fn order(&mut self, order: Order) {
+    /// Sends `order`, waiting at most [`WRITE_LIMIT`]. A failure means the supervisor
+    /// is gone, paused or stuck; once it failed, the connection is not to be used for
+    /// orders again (a line may have been cut).
+    pub async fn order(&mut self, order: Order) -> io::Result<()> {
         let line = format!("{order}\n");
-        if let Err(e) = self.orders.write_all(line.as_bytes()).await {
-            tracing::debug!(error = %e, %order, "supervisor gone");
+        match tokio::time::timeout(WRITE_LIMIT, self.orders.write_all(line.as_bytes())).await {
+            Ok(written) => written,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the supervisor took no order for {WRITE_LIMIT:?}"),
+            )),
         }
     }
 
@@ -114,9 +140,21 @@ impl Supervisor {
         }
     }
 
-    /// Waits for the supervisor to exit, then SIGKILLs every descendant of this process
-    /// still alive (left by a supervisor that was killed). Returns how many were left.
+    /// Waits (at most [`EXIT_LIMIT`], then SIGKILLs it) for the supervisor to exit,
+    /// then SIGKILLs every descendant of this process still alive (left by a supervisor
+    /// that was killed). Returns how many were left.
     pub async fn finish(self) -> usize {
+        self.end(EXIT_LIMIT).await
+    }
+
+    /// SIGKILLs the supervisor (paused, stuck or unresponsive) and then every descendant
+    /// of this process: the whole tree. Returns how many processes were left besides the
+    /// supervisor.
+    pub async fn kill(self) -> usize {
+        self.end(Duration::ZERO).await
+    }
+
+    async fn end(self, limit: Duration) -> usize {
         let Self {
             mut process,
             reports,
@@ -125,7 +163,19 @@ impl Supervisor {
         // End of orders: a supervisor still running kills the tree at once and exits.
         drop(orders);
         drop(reports);
-        let _ = tokio::task::spawn_blocking(move || process.wait()).await;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match process.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if tokio::time::Instant::now() >= deadline => {
+                    // SIGKILL ends a stopped process too; the wait is then short.
+                    let _ = process.kill();
+                    let _ = tokio::task::spawn_blocking(move || process.wait()).await;
+                    break;
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
         let me = nix::unistd::getpid();
         let left = tree::living_descendants(me).len();
         tree::kill_all(me, &mut |_, _| {});

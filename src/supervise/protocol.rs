@@ -13,6 +13,8 @@
 //! supervisor → `run` ([`Report`]):
 //! * `started <pid>`: the command runs with this pid (and process group).
 //! * `cannot-start not-found|other <message>`: the command could not be executed.
+//! * `not-started signal <number>` or `not-started stop`: the first order was this one,
+//!   not `trust`, so the command was not started. The supervisor exits right after.
 //! * `stopping lock-lost|trust-expired`: the supervisor is stopping the tree, and why.
 //! * `finished exit <code>` or `finished signal <number>`: the command ended so, and no
 //!   process of its tree is left. The supervisor exits right after.
@@ -58,6 +60,9 @@ pub enum Report {
     Started(u32),
     /// The command could not be executed; `not_found` when the program does not exist.
     CannotStart { not_found: bool, error: String },
+    /// The first order was this one instead of a `trust` (only [`Order::Signal`] or
+    /// [`Order::Stop`]): the command was not started.
+    NotStarted(Order),
     /// The supervisor is stopping the tree, for this reason.
     Stopping(StopCause),
     /// The command ended so, and no process of its tree is left.
@@ -134,6 +139,7 @@ impl fmt::Display for Report {
                 // One line, whatever the error says.
                 write!(f, "cannot-start {kind} {}", error.replace('\n', " "))
             }
+            Report::NotStarted(order) => write!(f, "not-started {order}"),
             Report::Stopping(cause) => write!(f, "stopping {cause}"),
             Report::Finished(status) => write!(f, "finished {status}"),
         }
@@ -160,6 +166,10 @@ impl FromStr for Report {
                     error: error.to_owned(),
                 })
             }
+            "not-started" => match rest.parse() {
+                Ok(order @ (Order::Signal(_) | Order::Stop)) => Ok(Report::NotStarted(order)),
+                _ => Err(bad()),
+            },
             "stopping" => match rest {
                 "lock-lost" => Ok(Report::Stopping(StopCause::LockLost)),
                 "trust-expired" => Ok(Report::Stopping(StopCause::TrustExpired)),
@@ -248,6 +258,8 @@ mod tests {
                 not_found: false,
                 error: "Permission denied (os error 13)".into(),
             },
+            Report::NotStarted(Order::Signal(Signal::SIGTERM)),
+            Report::NotStarted(Order::Stop),
             Report::Stopping(StopCause::LockLost),
             Report::Stopping(StopCause::TrustExpired),
             Report::Finished(CommandStatus::Exited(0)),
@@ -259,6 +271,10 @@ mod tests {
         assert_eq!(
             "stopping trust-expired".parse(),
             Ok(Report::Stopping(StopCause::TrustExpired))
+        );
+        assert_eq!(
+            "not-started signal 2".parse(),
+            Ok(Report::NotStarted(Order::Signal(Signal::SIGINT)))
         );
         assert_eq!(
             "finished signal 15".parse(),
@@ -280,6 +296,9 @@ mod tests {
             "finished signal 0",
             "finished core 1",
             "cannot-start maybe oops",
+            "not-started",
+            "not-started trust 5",
+            "not-started signal 0",
             "hello world",
         ] {
             assert!(line.parse::<Report>().is_err(), "{line:?}");

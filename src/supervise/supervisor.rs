@@ -77,7 +77,8 @@ enum WindDown {
 
 impl Supervision {
     /// Connects to `run`, waits for the first `trust`, and starts the command. `None`
-    /// when `run` went away or stopped before the command started.
+    /// when `run` went away, or sent another order first (reported as `not-started`),
+    /// or the command could not be executed (reported as `cannot-start`).
     async fn start(args: SuperviseArgs) -> io::Result<Option<Self>> {
         let SuperviseArgs {
             socket,
@@ -102,7 +103,14 @@ impl Supervision {
         let mut orders = BufReader::new(read).lines();
         let trusted_until = match next_order(&mut orders).await {
             Some(Order::TrustUntil(until)) => local_instant(until),
-            _ => return Ok(None),
+            // `run` got a signal or lost the lock before the command started: say so,
+            // rather than leave `run` guessing why the supervisor is gone.
+            Some(order) => {
+                send(&mut reports, &Report::NotStarted(order)).await?;
+                return Ok(None);
+            }
+            // `run` is gone.
+            None => return Ok(None),
         };
         let spawned = std::process::Command::new(&command[0])
             .args(&command[1..])
@@ -176,7 +184,7 @@ impl Supervision {
     async fn wind_down(&mut self) -> WindDown {
         let mut outcome = WindDown::Completed;
         if tree::terminate(self.me) > 0 {
-            let end = Instant::now() + self.grace;
+            let end = later(Instant::now(), self.grace);
             loop {
                 self.reap();
                 if tree::living_descendants(self.me).is_empty() || Instant::now() >= end {
@@ -211,7 +219,12 @@ impl Supervision {
 
 /// The [`Instant`] of a [`monotonic_now`] reading.
 fn local_instant(monotonic: Duration) -> Instant {
-    Instant::now() + monotonic.saturating_sub(monotonic_now())
+    later(Instant::now(), monotonic.saturating_sub(monotonic_now()))
+}
+
+/// `at + by`, or a time decades away when that is past what an [`Instant`] can hold.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by).unwrap_or_else(super::far_future)
 }
 
 /// Records the command's status when `pid` is the command.
