@@ -130,11 +130,7 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = self.child.wait();
+        kill_group_and_reap(&mut self.child);
     }
 }
 

@@ -251,6 +251,16 @@ pub fn signal_group(pgid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} -{pgid}");
 }
 
+/// SIGKILLs the process group led by `child` (quietly: it may be gone already) and reaps
+/// `child`: what every test process does when dropped.
+pub fn kill_group_and_reap(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let _ = child.wait();
+}
+
 /// A real `issuelock controller` process scoped to one namespace, killed on drop.
 pub struct ControllerProcess {
     pub child: std::process::Child,
@@ -336,11 +346,7 @@ impl ControllerProcess {
 
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = self.child.wait();
+        kill_group_and_reap(&mut self.child);
     }
 }
 
@@ -461,11 +467,7 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", self.pgid)])
-                .stderr(std::process::Stdio::null())
-                .status();
-            let _ = child.wait();
+            kill_group_and_reap(&mut child);
         }
     }
 }
