@@ -120,11 +120,12 @@ pub fn pod_owner(pod: Option<&HolderPod>, namespace: &str) -> Option<OwnerRefere
     })
 }
 
-/// True when `lease` may be the heartbeat of `holder`: the creator it records (the
-/// annotations `issuelock.dev/holder-user` and `issuelock.dev/holder-pod-uid`, where
-/// present) is the holder's user and pod. A lock naming another holder's Lease, to ride
-/// on a live heartbeat that is not its own, fails this. (A Lease recording no creator,
-/// written where no admission policy asks for one, is taken at its word.)
+/// True when `lease` may be the heartbeat of `holder`: wherever both record a creator —
+/// the Lease in its annotations `issuelock.dev/holder-user` / `issuelock.dev/holder-pod-uid`,
+/// the lock in `spec.holder.user` / `spec.holder.pod.uid` — they agree. A lock naming
+/// another holder's Lease, to ride on a live heartbeat that is not its own, fails this:
+/// the admission policy makes it record its own creator, which differs. A side that
+/// records nothing is taken at its word (a client outside the policy, a pod it cannot name).
 pub fn is_heartbeat_of(lease: &Lease, holder: &Holder) -> bool {
     let recorded = |key: &str| {
         lease
@@ -134,11 +135,15 @@ pub fn is_heartbeat_of(lease: &Lease, holder: &Holder) -> bool {
             .and_then(|a| a.get(key))
             .map(String::as_str)
     };
-    let user_matches =
-        recorded(LEASE_USER_ANNOTATION).is_none_or(|u| holder.user.as_deref() == Some(u));
-    let pod_matches = recorded(LEASE_POD_UID_ANNOTATION)
-        .is_none_or(|uid| holder.pod.as_ref().map(|p| p.uid.as_str()) == Some(uid));
-    user_matches && pod_matches
+    let agree = |on_lease: Option<&str>, on_lock: Option<&str>| match (on_lease, on_lock) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    agree(recorded(LEASE_USER_ANNOTATION), holder.user.as_deref())
+        && agree(
+            recorded(LEASE_POD_UID_ANNOTATION),
+            holder.pod.as_ref().map(|p| p.uid.as_str()),
+        )
 }
 
 /// The current time at the API server's precision (microseconds), so that a time we
@@ -605,7 +610,10 @@ mod tests {
             &lease,
             &holder(Some("system:serviceaccount:ns:evil"))
         ));
-        assert!(!is_heartbeat_of(&lease, &holder(None)));
+        assert!(
+            is_heartbeat_of(&lease, &holder(None)),
+            "a lock recording no user"
+        );
         let mut bound = lease.clone();
         bound
             .metadata
@@ -614,7 +622,7 @@ mod tests {
             .unwrap()
             .insert(LEASE_POD_UID_ANNOTATION.into(), "pod-a".into());
         let mut in_pod = holder(Some("system:serviceaccount:ns:w"));
-        assert!(!is_heartbeat_of(&bound, &in_pod), "no pod recorded");
+        assert!(is_heartbeat_of(&bound, &in_pod), "a lock recording no pod");
         in_pod.pod = Some(HolderPod {
             name: "b".into(),
             uid: "pod-b".into(),

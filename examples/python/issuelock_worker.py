@@ -263,12 +263,18 @@ class Locks:
             if existing is None:
                 continue  # released meanwhile, or our create never landed: create again
             holder = existing["spec"]["holder"]
-            if holder.get("lease") != self.hb.name:
+            # Ours only if it records all of us: anyone can copy our Lease name.
+            if holder != body["spec"]["holder"] or existing["spec"]["issue"] != key:
                 return None, holder
             if existing["metadata"].get("annotations", {}).get(NONCE_ANNOTATION) == nonce:
                 return existing, None  # our own create whose answer we lost: adopt it
             # Our orphan (an earlier call of this process): delete it and create again.
-            self.release(existing, orphan=True)
+            try:
+                self.release(existing, orphan=True)
+            except ApiException as e:
+                if e.status == 403:  # the admission policy says it is not ours
+                    return None, holder
+                raise
         raise RuntimeError(f"could not settle the lock {name} after 5 attempts")
 
     def release(self, lock: dict, orphan: bool = False) -> None:
@@ -297,7 +303,14 @@ class Locks:
 def run_command(cmd, env, locks: Locks, lock: dict, grace: float, interval: float) -> int:
     """Runs `cmd` in its own process group while the lock is trusted."""
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    forward = lambda sig, _frame: os.killpg(proc.pid, sig)  # noqa: E731
+    watchdog = kill_group_when_we_die(proc.pid)
+
+    def forward(sig, _frame):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass  # the group is gone already
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     done = threading.Event()
@@ -317,7 +330,25 @@ def run_command(cmd, env, locks: Locks, lock: dict, grace: float, interval: floa
             time.sleep(0.05)
     finally:
         done.set()
+        os.close(watchdog)  # the command is done: the watchdog's kill finds nothing
     return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+
+
+def kill_group_when_we_die(pgid: int) -> int:
+    """Forks a watchdog that SIGKILLs process group `pgid` as soon as this process dies
+    (SIGKILL, OOM kill) or closes the returned pipe end: the command must not outlive the
+    worker whose heartbeat protects it. Returns the write end to keep open meanwhile."""
+    r, w = os.pipe()  # not inherited by the command (Python pipes are non-inheritable)
+    if os.fork() == 0:  # the watchdog: only async-signal-safe work from here on
+        os.close(w)
+        try:
+            os.read(r, 1)  # EOF: the worker is gone (or done with the command)
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+        os._exit(0)
+    os.close(r)
+    return w
 
 
 def stop_group(proc: subprocess.Popen, grace: float) -> None:
