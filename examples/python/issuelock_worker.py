@@ -49,6 +49,21 @@ class Lost(Exception):
     """The lock (or the heartbeat that keeps every lock of this process) was lost."""
 
 
+class Interrupted(Exception):
+    """SIGTERM, SIGINT or SIGHUP reached the worker while no command ran."""
+
+    def __init__(self, sig: int):
+        super().__init__(f"received signal {sig}")
+        self.sig = sig
+
+
+def _interrupt(sig, _frame):
+    raise Interrupted(sig)
+
+
+TERMINATING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 # === 1. Issue keys and 2. Lock name ===
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
@@ -311,7 +326,7 @@ def run_command(cmd, env, locks: Locks, lock: dict, grace: float, interval: floa
         except ProcessLookupError:
             pass  # the group is gone already
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in TERMINATING:
         signal.signal(sig, forward)
     done = threading.Event()
 
@@ -331,6 +346,8 @@ def run_command(cmd, env, locks: Locks, lock: dict, grace: float, interval: floa
     finally:
         done.set()
         os.close(watchdog)  # the command is done: the watchdog's kill finds nothing
+        for sig in TERMINATING:
+            signal.signal(sig, _interrupt)
     return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
 
@@ -391,6 +408,10 @@ def main(argv=None) -> int:
         print(f"issuelock-py: {e}", file=sys.stderr)
         return EXIT_USAGE
 
+    # From here on a termination signal ends the worker cleanly: whatever it holds is
+    # released and its Lease deleted (while the command runs, signals go to the command).
+    for sig in TERMINATING:
+        signal.signal(sig, _interrupt)
     config.load_kube_config()
     api = client.ApiClient()
     try:
@@ -400,6 +421,9 @@ def main(argv=None) -> int:
         hb = Heartbeat(api, a.namespace, lease, a.identity, user, pod,
                        a.lease_duration_seconds, a.renew_deadline_seconds,
                        a.renew_interval_seconds)
+    except Interrupted as e:
+        print(f"issuelock-py: {e} while starting; nothing was taken", file=sys.stderr)
+        return 128 + e.sig
     except Exception as e:
         print(f"issuelock-py: cannot start the heartbeat: {e}", file=sys.stderr)
         return EXIT_FAILURE
@@ -429,6 +453,23 @@ def main(argv=None) -> int:
             except Exception:
                 pass
         return EXIT_LOST
+    except Interrupted as e:
+        print(f"issuelock-py: {e}; the command did not run or had ended; releasing",
+              file=sys.stderr)
+        try:
+            if lock is None:  # an acquire cut short may still have created the lock
+                existing = locks._get(name)
+                mine = locks._body(a.issue, name, "")["spec"]["holder"]
+                if existing is not None and existing["spec"]["holder"] == mine:
+                    lock = existing
+            if lock is not None:
+                locks.release(lock, orphan=True)
+        except Exception:
+            pass  # the controller reclaims it once the Lease below is gone
+        return 128 + e.sig
+    except ApiException as e:
+        print(f"issuelock-py: {e}", file=sys.stderr)
+        return EXIT_USAGE if e.status in (400, 422) else EXIT_FAILURE
     except Exception as e:
         print(f"issuelock-py: {e}", file=sys.stderr)
         return EXIT_FAILURE
