@@ -185,11 +185,8 @@ fn holds(log: &str) -> Vec<Hold> {
 }
 
 async fn events_with(client: &kube::Client, ns: &str, reason: &str) -> Vec<Event> {
-    let api: Api<Event> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default())
+    events(client, ns)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some(reason))
         .collect()

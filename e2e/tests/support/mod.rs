@@ -544,13 +544,16 @@ pub async fn wait_event(client: &kube::Client, ns: &str, reason: &str) {
     .await
 }
 
+/// All Events in `ns`.
+pub async fn events(client: &kube::Client, ns: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default()).await.unwrap().items
+}
+
 /// The reasons of all Events in `ns`.
 pub async fn event_reasons(client: &kube::Client, ns: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default())
+    events(client, ns)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter_map(|e| e.reason)
         .collect()
