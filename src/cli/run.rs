@@ -424,12 +424,12 @@ fn exit_code_of(ending: &Ending, lost: bool) -> u8 {
         Ending::Finished {
             status: CommandStatus::Killed(sig),
             ..
-        } => 128u8.wrapping_add(*sig as u8),
+        } => signal_status(*sig),
         Ending::CannotStart {
             not_found: true, ..
         } => EXIT_NOT_FOUND,
         Ending::CannotStart { .. } => EXIT_CANNOT_EXECUTE,
-        Ending::NotStarted(Order::Signal(sig)) => 128u8.wrapping_add(*sig as u8),
+        Ending::NotStarted(Order::Signal(sig)) => signal_status(*sig),
         Ending::NotStarted(_) => EXIT_LOST,
         Ending::SupervisorLost => EXIT_FAILURE,
         Ending::Unresponsive { stopped: Some(_) } => EXIT_LOST,
@@ -439,7 +439,12 @@ fn exit_code_of(ending: &Ending, lost: bool) -> u8 {
 }
 
 fn signal_exit(sig: Signal) -> ExitCode {
-    ExitCode::from(128u8.wrapping_add(sig as u8))
+    ExitCode::from(signal_status(sig))
+}
+
+/// The exit status of a process that signal `sig` ended: 128 + n, the shells' convention.
+fn signal_status(sig: Signal) -> u8 {
+    128u8.wrapping_add(sig as u8)
 }
 
 /// SIGTERM, SIGINT, SIGHUP and SIGQUIT, caught by `run` from before it takes the lock
