@@ -124,8 +124,8 @@ pub async fn whoami(client: &kube::Client, timeout: std::time::Duration) -> Cred
             namespace: info
                 .username
                 .as_deref()
-                .and_then(service_account_namespace)
-                .map(str::to_owned),
+                .and_then(service_account)
+                .map(|(namespace, _)| namespace.to_owned()),
         }),
         _ => None,
     };
@@ -135,12 +135,12 @@ pub async fn whoami(client: &kube::Client, timeout: std::time::Duration) -> Cred
     }
 }
 
-/// The namespace of a ServiceAccount username (`system:serviceaccount:<ns>:<name>`).
-fn service_account_namespace(user: &str) -> Option<&str> {
-    let (ns, _name) = user
-        .strip_prefix("system:serviceaccount:")?
-        .split_once(':')?;
-    Some(ns)
+/// The namespace and name of the ServiceAccount a Kubernetes username denotes
+/// (`system:serviceaccount:<namespace>:<name>`), if it denotes one.
+pub fn service_account(user: &str) -> Option<(&str, &str)> {
+    let rest = user.strip_prefix("system:serviceaccount:")?;
+    let (namespace, name) = rest.split_once(':')?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains(':')).then_some((namespace, name))
 }
 
 /// The pod to record as the holder's: the one our token is bound to wins over the
@@ -199,9 +199,10 @@ mod tests {
     #[test]
     fn a_service_account_names_its_namespace() {
         assert_eq!(
-            service_account_namespace("system:serviceaccount:ci:worker"),
-            Some("ci")
+            service_account("system:serviceaccount:ci:worker"),
+            Some(("ci", "worker"))
         );
-        assert_eq!(service_account_namespace("alice"), None);
+        assert_eq!(service_account("system:serviceaccount::w"), None);
+        assert_eq!(service_account("alice"), None);
     }
 }

@@ -137,9 +137,7 @@ impl KeyBinding {
 /// The name of the ServiceAccount a Kubernetes username denotes
 /// (`system:serviceaccount:<namespace>:<name>`), if it denotes one.
 pub fn service_account_name(user: &str) -> Option<&str> {
-    let rest = user.strip_prefix("system:serviceaccount:")?;
-    let (namespace, name) = rest.split_once(':')?;
-    (!namespace.is_empty() && !name.is_empty() && !name.contains(':')).then_some(name)
+    crate::holder::service_account(user).map(|(_, name)| name)
 }
 
 /// True for a valid key id: a DNS-1123 label, optionally followed by `.` and a second
