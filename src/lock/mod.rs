@@ -65,6 +65,8 @@ const CLEANUP_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long after it was sent a create of unknown outcome may still be committed:
 /// kube-apiserver abandons a request after its `--request-timeout` (60 s by default).
 const CREATE_MAY_LAND_WITHIN: Duration = Duration::from_secs(90);
+/// How many clean-up deletes (and read-backs) one pass keeps in flight at once.
+const CLEANUP_CALLS_IN_FLIGHT: usize = 32;
 
 /// A fencing token: the `resourceVersion` returned by the create that took the lock.
 ///
@@ -705,8 +707,15 @@ impl Inner {
             let result = self.clean_up_one(&orphan).await;
             (orphan, result)
         });
+        // A bounded number of calls in flight: a shutdown that gives back thousands of
+        // locks must not send them all at once, where each would wait out its call
+        // timeout behind the others on a busy API server.
+        let results: Vec<_> = futures::stream::iter(attempts)
+            .buffer_unordered(CLEANUP_CALLS_IN_FLIGHT)
+            .collect()
+            .await;
         let mut first_error = None;
-        for (orphan, result) in futures::future::join_all(attempts).await {
+        for (orphan, result) in results {
             match result {
                 Ok(true) => self.cleanup.done(),
                 // Nothing there yet; at shutdown, a create landing later is the
