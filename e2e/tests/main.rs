@@ -17,3 +17,4 @@ mod namespaces;
 mod process_tree;
 mod reclaim;
 mod tamper;
+mod work;
