@@ -7,6 +7,7 @@ mod acquire;
 mod bad_input;
 mod chart;
 mod crd;
+mod examples;
 mod foreign;
 mod forged;
 mod holder;

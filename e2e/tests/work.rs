@@ -484,6 +484,28 @@ async fn claim_takes_one_free_issue_and_says_when_all_are_held_or_done() {
     // y is done now, x is held.
     let out = claim(&["true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(75), "{:?}", text(&out));
+    // A waiter stopped by SIGTERM while waiting: 143, nothing left behind.
+    let waiter = WorkerProcess::spawn_command({
+        let mut c = run_cmd(&ns, "waiter", "org/repo#x");
+        c.args(["--wait", "60s", "--", "true"]);
+        c
+    });
+    eventually(Duration::from_secs(30), "the waiter's Lease", || {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+                Api::namespaced(client, &ns);
+            let n = leases.list(&Default::default()).await.unwrap().items.len();
+            (n >= 2).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    waiter.signal("TERM");
+    let (code, stderr) = finish(waiter).await;
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(stderr.contains("while waiting for the lock"), "{stderr}");
     holder.signal("TERM");
     let (code, stderr) = finish(holder).await;
     assert_eq!(code, Some(143), "{stderr}");

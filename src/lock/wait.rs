@@ -22,7 +22,8 @@ impl LockClient {
     /// the controller). Returns `Held` (the holder last seen) when `timeout` passes first.
     /// There is no queue and no fairness between waiters (see the module docs).
     ///
-    /// Errors: as [`try_acquire`](Self::try_acquire).
+    /// Errors: as [`try_acquire`](Self::try_acquire); [`Error::HeartbeatUnhealthy`] at once
+    /// when the heartbeat is lost while waiting.
     pub async fn acquire(&self, issue: &str, timeout: Duration) -> Result<Acquisition> {
         let key = IssueKey::parse(issue)?;
         let deadline = Instant::now()
@@ -35,11 +36,17 @@ impl LockClient {
                 Acquisition::Held(by) => by,
             };
             let watch = watch.get_or_insert_with(|| LockWatch::start(&self.inner.api, &key));
-            if tokio::time::timeout_at(deadline, watch.gone())
-                .await
-                .is_err()
-            {
-                return Ok(Acquisition::Held(held));
+            let gone = async {
+                tokio::select! {
+                    _ = watch.gone() => Ok(()),
+                    // A client whose heartbeat is lost takes no lock: no use waiting.
+                    _ = self.heartbeat_lost() => Err(Error::HeartbeatUnhealthy),
+                }
+            };
+            match tokio::time::timeout_at(deadline, gone).await {
+                Err(_) => return Ok(Acquisition::Held(held)),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(())) => {}
             }
             let pause = jitter(RETRY_JITTER);
             if tokio::time::timeout_at(deadline, tokio::time::sleep(pause))
