@@ -39,6 +39,10 @@ test-e2e: ## End-to-end tests on a local control plane (or $$ISSUELOCK_E2E_KUBEC
 bench: ## Print acquire/release latency percentiles and throughput vs raw API calls.
 	bash e2e/bench.sh
 
+.PHONY: bench-workers
+bench-workers: ## 16 `work` processes over 1,000 issues: shared vs rendezvous order (conflicts, wall time), per-issue overhead.
+	bash e2e/bench-workers.sh
+
 .PHONY: assets
 assets: ## Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kubectl, helm.
 	bash e2e/assets.sh

@@ -14,7 +14,12 @@ use kube::api::{Api, ListParams};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod duration;
+mod issues;
 mod run;
+mod work;
+
+pub use work::{EXIT_NOT_ALL_SUCCEEDED, EXIT_NOTHING_LEFT};
 
 /// Exit code of `run` when another holder has the lock.
 pub const EXIT_HELD: u8 = 75;
@@ -64,6 +69,27 @@ pub enum Command {
     /// was not found (cannot be executed); 128 + n when signal n arrived before the
     /// command started; 2 for invalid input; 1 for any other failure.
     Run(RunArgs),
+    /// Claim issues from a list one after another and run a command on each.
+    ///
+    /// Candidates are tried in an order of this worker's own (rendezvous hashing of its
+    /// identity over the keys), skipping those held (one watch of the namespace's locks)
+    /// and those done (--done-dir / --done-cmd, checked again once the lock is taken). The
+    /// command runs exactly as under `run` (environment, process tree, signals). One Lease
+    /// and one identity lookup serve the whole run. A lost lock stops that issue's command
+    /// (`run`'s rules) and `work` goes on with the next; a lost heartbeat ends `work` (76).
+    ///
+    /// Exit status: 0 when no candidate is left and every command run exited 0; 3 when
+    /// some command failed or lost its lock; 76 when the heartbeat was lost; 128 + n on
+    /// signal n (the running command gets it first, as under `run`); 2 for invalid input
+    /// (empty list, duplicate or invalid key, missing --done-dir, bad flags); 1 for any
+    /// other failure.
+    Work(WorkArgs),
+    /// Claim one issue from a list (as `work` would choose it) and run a command on it.
+    ///
+    /// Exit status: the command's (as under `run`); 75 when every candidate not done is
+    /// held by others; 3 when every candidate is done; 2 for invalid input; 1 for any
+    /// other failure.
+    Claim(WorkArgs),
     /// List the locks in a namespace.
     List(ListArgs),
     /// Show one lock: who holds it, since when, whether the holder is alive.
@@ -120,6 +146,10 @@ pub struct RunArgs {
     /// The issue key to lock.
     #[arg(long, short = 'i', env = "ISSUELOCK_ISSUE")]
     pub issue: String,
+    /// Wait this long for a held lock (e.g. 30s, 5m; watching the lock, no polling)
+    /// before giving up with exit 75. Default: do not wait.
+    #[arg(long, env = "ISSUELOCK_WAIT")]
+    pub wait: Option<String>,
     /// Hard cap on how long the lock may be held, in seconds. The command gets SIGTERM a
     /// grace period before it ends, so that its tree is gone by then.
     #[arg(long, env = "ISSUELOCK_MAX_HOLD_SECONDS")]
@@ -135,6 +165,56 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkArgs {
+    /// The candidate issue keys, one per line: a file, or `-` for stdin.
+    #[arg(long)]
+    pub issues: String,
+    /// An issue is done when a file named after its lock name exists in this directory;
+    /// `work` creates that file when the command exits 0 while the lock is still held.
+    #[arg(long, conflicts_with = "done_cmd")]
+    pub done_dir: Option<std::path::PathBuf>,
+    /// An issue is done when this shell command exits 0 (1: not done; anything else is
+    /// an error). It sees ISSUELOCK_ISSUE and ISSUELOCK_LOCK_NAME.
+    #[arg(long)]
+    pub done_cmd: Option<String>,
+    /// Keep reading the list (a file as it grows, stdin until it closes) instead of
+    /// exiting once no candidate is left (`work` only).
+    #[arg(long)]
+    pub follow: bool,
+    /// The order to try candidates in: this worker's own (rendezvous), or the list's (a
+    /// priority order; workers sharing it conflict more).
+    #[arg(long, value_enum, default_value_t = OrderArg::Rendezvous)]
+    pub order: OrderArg,
+    /// Hard cap on how long each lock may be held, in seconds (as for `run`).
+    #[arg(long, env = "ISSUELOCK_MAX_HOLD_SECONDS")]
+    pub max_hold_seconds: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when a command's tree is stopped (as for `run`).
+    #[arg(long, env = "ISSUELOCK_GRACE_SECONDS")]
+    pub grace_seconds: Option<f64>,
+    #[command(flatten)]
+    pub holder: HolderArgs,
+    /// The command and its arguments, run once per claimed issue.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Candidate orders of `work` and `claim`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OrderArg {
+    Rendezvous,
+    Listed,
+}
+
+impl From<OrderArg> for crate::lock::ClaimOrder {
+    fn from(order: OrderArg) -> Self {
+        match order {
+            OrderArg::Rendezvous => crate::lock::ClaimOrder::Rendezvous,
+            OrderArg::Listed => crate::lock::ClaimOrder::Listed,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -280,6 +360,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run::run_locked(args).await,
+        Command::Work(args) => work::work(args).await,
+        Command::Claim(args) => work::claim(args).await,
         Command::List(args) => list(args).await,
         Command::Show(args) => show(args).await,
         Command::Bench(args) => bench(args).await,

@@ -60,6 +60,10 @@ pub enum Error {
     #[error("this client's heartbeat Lease is not being renewed, so it takes no new locks")]
     HeartbeatUnhealthy,
 
+    /// The caller's check of whether an issue is done failed.
+    #[error("cannot tell whether issue {issue:?} is done: {message}")]
+    DoneCheck { issue: String, message: String },
+
     /// The configuration given to the library is inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -90,6 +94,7 @@ impl Error {
             Error::NameCollision { .. } => "name_collision",
             Error::UncomparableResourceVersion(_) => "uncomparable_resource_version",
             Error::HeartbeatUnhealthy => "heartbeat_unhealthy",
+            Error::DoneCheck { .. } => "done_check",
             Error::Config(_) => "config",
             Error::Api { .. } => "api",
         }

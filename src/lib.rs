@@ -24,5 +24,6 @@ pub use heartbeat::HeartbeatConfig;
 pub use holder::HolderIdentity;
 pub use key::{InvalidKey, IssueKey};
 pub use lock::{
-    Acquisition, Fence, FencingToken, HeldBy, LockClient, LockConfig, LockGuard, Outcome,
+    Acquisition, ClaimOrder, Claimed, Fence, FencingToken, HeldBy, LockClient, LockConfig,
+    LockGuard, Outcome, WorkReport, Worker,
 };

@@ -27,12 +27,16 @@ const SETTLE_LIMIT: Duration = Duration::from_millis(200);
 pub(super) async fn run_locked(args: RunArgs) -> Result<ExitCode, Error> {
     let RunArgs {
         issue,
+        wait,
         max_hold_seconds,
         grace_seconds,
         holder,
         command,
     } = args;
     crate::key::IssueKey::parse(&issue)?;
+    let wait = wait
+        .map(|w| super::duration::parse(&w).map_err(|e| Error::Config(format!("--wait: {e}"))))
+        .transpose()?;
     let timing = lease_timing(
         "",
         holder.lease_duration_seconds,
@@ -53,18 +57,8 @@ pub(super) async fn run_locked(args: RunArgs) -> Result<ExitCode, Error> {
             Ok(signal_exit(sig))
         }
         None => {
-            let slack = timing.lease_duration.saturating_sub(timing.renew_deadline);
-            let held = Held {
-                grace,
-                // Within the slack, so that even a tree `run` kills itself is gone before
-                // others may take the lock.
-                margin: (slack.saturating_sub(grace) / 2)
-                    .clamp(Duration::from_millis(50), REPORT_MARGIN),
-                trust_period: TRUST_PERIOD
-                    .min(timing.renew_interval / 4)
-                    .max(Duration::from_millis(10)),
-            };
-            run_with(&locks, &issue, &command, held, &mut signals).await
+            let held = Held::new(&timing, grace);
+            run_with(&locks, &issue, wait, &command, held, &mut signals).await
         }
     };
     // Releases whatever is still held and deletes the heartbeat Lease.
@@ -78,7 +72,7 @@ pub(super) async fn run_locked(args: RunArgs) -> Result<ExitCode, Error> {
 /// and renew deadline (at most [`DEFAULT_GRACE`]). It must end within that slack, so that
 /// a holder whose heartbeat fails has killed its tree before others may take the lock,
 /// and within the max hold time.
-fn grace_period(
+pub(super) fn grace_period(
     given: Option<f64>,
     timing: &HeartbeatConfig,
     max_hold: Option<Duration>,
@@ -109,7 +103,7 @@ fn grace_period(
 
 /// How `run` holds a lock while its command runs.
 #[derive(Clone, Copy, Debug)]
-struct Held {
+pub(super) struct Held {
     /// Time between SIGTERM and SIGKILL of the tree.
     grace: Duration,
     /// How long after the grace period `run` still waits for the supervisor's report.
@@ -118,14 +112,46 @@ struct Held {
     trust_period: Duration,
 }
 
+impl Held {
+    /// With `timing` and the grace period `grace` (from [`grace_period`]).
+    pub(super) fn new(timing: &HeartbeatConfig, grace: Duration) -> Self {
+        let slack = timing.lease_duration.saturating_sub(timing.renew_deadline);
+        Held {
+            grace,
+            // Within the slack, so that even a tree `run` kills itself is gone before
+            // others may take the lock.
+            margin: (slack.saturating_sub(grace) / 2)
+                .clamp(Duration::from_millis(50), REPORT_MARGIN),
+            trust_period: TRUST_PERIOD
+                .min(timing.renew_interval / 4)
+                .max(Duration::from_millis(10)),
+        }
+    }
+}
+
 async fn run_with(
     locks: &LockClient,
     issue: &str,
+    wait: Option<Duration>,
     command: &[String],
     held: Held,
     signals: &mut ForwardedSignals,
 ) -> Result<ExitCode, Error> {
-    let guard = match locks.try_acquire(issue).await? {
+    let taking = async {
+        match wait {
+            None => locks.try_acquire(issue).await,
+            Some(timeout) => locks.acquire(issue, timeout).await,
+        }
+    };
+    // While waiting, a signal ends `run` at once (a create in flight is cleaned up).
+    let acquisition = tokio::select! {
+        acquisition = taking => acquisition?,
+        sig = signals.recv(), if wait.is_some() => {
+            eprintln!("issuelock: received {sig} while waiting for the lock; the command did not run");
+            return Ok(signal_exit(sig));
+        }
+    };
+    let guard = match acquisition {
         Acquisition::Acquired(guard) => guard,
         Acquisition::Held(by) => {
             eprintln!(
@@ -139,11 +165,26 @@ async fn run_with(
             return Ok(ExitCode::from(EXIT_HELD));
         }
     };
+    Ok(ExitCode::from(
+        run_held(guard, command, held, signals, None).await,
+    ))
+}
+
+/// Runs `command` under the lock `guard` holds, with `run`'s environment and process-tree
+/// rules, and releases the lock; returns `run`'s exit code. With `done_file`, creates that
+/// file before the release when the command exited 0 and the lock was still held.
+pub(super) async fn run_held(
+    guard: LockGuard,
+    command: &[String],
+    held: Held,
+    signals: &mut ForwardedSignals,
+    done_file: Option<&std::path::Path>,
+) -> u8 {
     tracing::info!(issue = %guard.issue(), lock = guard.name(), fencing_token = %guard.fencing_token(), "lock acquired");
     if let Some(sig) = signals.pending() {
         eprintln!("issuelock: received {sig} while taking the lock; the command did not run");
         let _ = guard.release().await;
-        return Ok(signal_exit(sig));
+        return signal_status(sig);
     }
     let env = [
         ("ISSUELOCK_ISSUE", guard.issue().to_string()),
@@ -155,7 +196,7 @@ async fn run_with(
         Err(e) => {
             let _ = guard.release().await;
             eprintln!("issuelock: cannot start the supervisor of the command: {e}");
-            return Ok(ExitCode::from(EXIT_FAILURE));
+            return EXIT_FAILURE;
         }
     };
     // The command starts with the first `trust`. A signal that reached `run` before then
@@ -171,7 +212,7 @@ async fn run_with(
     if left > 0 {
         eprintln!("issuelock: killed {left} process(es) left behind by the command's supervisor");
     }
-    Ok(ExitCode::from(conclude(guard, &command[0], ending).await))
+    conclude(guard, &command[0], ending, done_file).await
 }
 
 /// How the command ended while `run` held the lock.
@@ -364,9 +405,33 @@ fn trust_left(guard: &LockGuard, grace: Duration) -> Duration {
 /// Releases the lock and tells `run`'s exit code: 76 when the lock was lost or no longer
 /// trusted while the command ran, the command's own otherwise (also when the release
 /// fails for another reason: the controller then reclaims the lock).
-async fn conclude(guard: LockGuard, program: &str, ending: Ending) -> u8 {
+async fn conclude(
+    guard: LockGuard,
+    program: &str,
+    ending: Ending,
+    done_file: Option<&std::path::Path>,
+) -> u8 {
     let issue = guard.issue().to_string();
     let lost_while_running = guard.is_lost();
+    let succeeded = matches!(
+        ending,
+        Ending::Finished {
+            status: CommandStatus::Exited(0),
+            stopped: None
+        }
+    );
+    let mut marking_failed = false;
+    if let Some(path) = done_file
+        && succeeded
+        && !lost_while_running
+        && let Err(e) = std::fs::write(path, format!("{issue}\n"))
+    {
+        eprintln!(
+            "issuelock: the command succeeded but the done file {} cannot be written: {e}",
+            path.display()
+        );
+        marking_failed = true;
+    }
     let released = guard.release().await;
     match &ending {
         Ending::CannotStart { error, .. } => {
@@ -406,7 +471,10 @@ async fn conclude(guard: LockGuard, program: &str, ending: Ending) -> u8 {
         ),
     }
     let lost = lost_while_running || matches!(released, Err(Error::LockLost { .. }));
-    exit_code_of(&ending, lost)
+    match exit_code_of(&ending, lost) {
+        0 if marking_failed => EXIT_FAILURE,
+        code => code,
+    }
 }
 
 /// `run`'s exit code once the command ended; `lost` when the lock was lost before it
@@ -438,23 +506,25 @@ fn exit_code_of(ending: &Ending, lost: bool) -> u8 {
     }
 }
 
-fn signal_exit(sig: Signal) -> ExitCode {
+pub(super) fn signal_exit(sig: Signal) -> ExitCode {
     ExitCode::from(signal_status(sig))
 }
 
 /// The exit status of a process that signal `sig` ended: 128 + n, the shells' convention.
-fn signal_status(sig: Signal) -> u8 {
+pub(super) fn signal_status(sig: Signal) -> u8 {
     128u8.wrapping_add(sig as u8)
 }
 
 /// SIGTERM, SIGINT, SIGHUP and SIGQUIT, caught by `run` from before it takes the lock
 /// until it exits, and forwarded to the command's process group while it runs.
-struct ForwardedSignals {
+pub(super) struct ForwardedSignals {
     streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+    /// The first signal received, forwarded or not.
+    first: Option<Signal>,
 }
 
 impl ForwardedSignals {
-    fn install() -> Result<Self, Error> {
+    pub(super) fn install() -> Result<Self, Error> {
         use tokio::signal::unix::{SignalKind, signal};
         let streams = [
             (Signal::SIGTERM, SignalKind::terminate()),
@@ -466,22 +536,32 @@ impl ForwardedSignals {
         .map(|(sig, kind)| signal(kind).map(|stream| (sig, stream)))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| Error::Config(format!("cannot install signal handlers: {e}")))?;
-        Ok(Self { streams })
+        Ok(Self {
+            streams,
+            first: None,
+        })
+    }
+
+    /// The first signal received so far, if any.
+    pub(super) fn received(&self) -> Option<Signal> {
+        self.first
     }
 
     /// The next signal received.
-    async fn recv(&mut self) -> Signal {
+    pub(super) async fn recv(&mut self) -> Signal {
         let waits = self.streams.iter_mut().map(|(sig, stream)| {
             Box::pin(async move {
                 stream.recv().await;
                 *sig
             })
         });
-        futures::future::select_all(waits).await.0
+        let sig = futures::future::select_all(waits).await.0;
+        self.first.get_or_insert(sig);
+        sig
     }
 
     /// A signal received already, if any.
-    fn pending(&mut self) -> Option<Signal> {
+    pub(super) fn pending(&mut self) -> Option<Signal> {
         use futures::FutureExt;
         self.recv().now_or_never()
     }

@@ -46,8 +46,16 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod claim;
 mod cleanup;
 mod own_locks;
+mod view;
+mod wait;
+mod worker;
+
+pub use claim::{ClaimOrder, Claimed, rendezvous_order, rendezvous_weight};
+pub use wait::RETRY_JITTER;
+pub use worker::{WorkReport, Worker};
 
 use cleanup::*;
 use own_locks::*;
@@ -216,6 +224,8 @@ struct Inner {
     cleanup: Cleanup,
     /// Stops the watch on our own locks and the clean-up loop.
     stop_tasks: CancellationToken,
+    /// The namespace's locks, for claiming (started on first use).
+    view: tokio::sync::OnceCell<Arc<view::LockView>>,
 }
 
 // === impl LockClient ===
@@ -274,6 +284,7 @@ impl LockClient {
             own: OwnLocks::default(),
             cleanup: Cleanup::default(),
             stop_tasks: CancellationToken::new(),
+            view: tokio::sync::OnceCell::new(),
         });
         tokio::spawn(watch_own_locks(
             Arc::downgrade(&inner),
@@ -329,37 +340,9 @@ impl LockClient {
         F: FnOnce(Fence) -> Fut,
         Fut: Future<Output = T>,
     {
-        let guard = match self.try_acquire(issue).await? {
-            Acquisition::Acquired(guard) => guard,
-            Acquisition::Held(by) => return Ok(Outcome::Held(by)),
-        };
-        let fence = Fence {
-            issue: guard.issue().clone(),
-            fencing_token: guard.fencing_token(),
-            lost: guard.lost_token(),
-        };
-        let output = tokio::select! {
-            output = work(fence) => output,
-            _ = guard.lost() => {
-                let _ = guard.release().await;
-                return Ok(Outcome::Lost { output: None });
-            }
-        };
-        if guard.is_lost() {
-            let _ = guard.release().await;
-            return Ok(Outcome::Lost {
-                output: Some(output),
-            });
-        }
-        match guard.release().await {
-            Ok(()) => Ok(Outcome::Completed(output)),
-            Err(Error::LockLost { .. }) => Ok(Outcome::Lost {
-                output: Some(output),
-            }),
-            Err(e) => {
-                tracing::warn!(issue, error = %e.chain(), "work completed but the release failed; the lock is released in the background");
-                Ok(Outcome::Completed(output))
-            }
+        match self.try_acquire(issue).await? {
+            Acquisition::Acquired(guard) => Ok(process_under(guard, work).await),
+            Acquisition::Held(by) => Ok(Outcome::Held(by)),
         }
     }
 
@@ -510,6 +493,44 @@ impl LockClient {
                 let _ = guard.release().await;
                 Err(error)
             }
+        }
+    }
+}
+
+/// Runs `work` under `guard` (see [`LockClient::process_safely`]): cancels it as soon as
+/// the lock may be lost, and releases the lock after it.
+pub async fn process_under<T, F, Fut>(guard: LockGuard, work: F) -> Outcome<T>
+where
+    F: FnOnce(Fence) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let issue = guard.issue().to_string();
+    let fence = Fence {
+        issue: guard.issue().clone(),
+        fencing_token: guard.fencing_token(),
+        lost: guard.lost_token(),
+    };
+    let output = tokio::select! {
+        output = work(fence) => output,
+        _ = guard.lost() => {
+            let _ = guard.release().await;
+            return Outcome::Lost { output: None };
+        }
+    };
+    if guard.is_lost() {
+        let _ = guard.release().await;
+        return Outcome::Lost {
+            output: Some(output),
+        };
+    }
+    match guard.release().await {
+        Ok(()) => Outcome::Completed(output),
+        Err(Error::LockLost { .. }) => Outcome::Lost {
+            output: Some(output),
+        },
+        Err(e) => {
+            tracing::warn!(issue = %issue, error = %e.chain(), "work completed but the release failed; the lock is released in the background");
+            Outcome::Completed(output)
         }
     }
 }

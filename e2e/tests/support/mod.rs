@@ -429,6 +429,19 @@ impl WorkerProcess {
         Self::spawn(cmd, Some((pod_ns, pod, uid)), secs)
     }
 
+    /// Spawns `cmd` as it is (stdout and stderr piped) in a process group of its own.
+    pub fn spawn_command(mut cmd: Command) -> Self {
+        use std::os::unix::process::CommandExt;
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+        let child = cmd.spawn().unwrap();
+        Self {
+            pgid: child.id(),
+            child: Some(child),
+        }
+    }
+
     /// Spawns `cmd` (an `issuelock run` with its target) with FAST_HEARTBEAT, running
     /// `sleep secs`, in a process group of its own; `pod` is (namespace, name, uid).
     fn spawn(mut cmd: Command, pod: Option<(&str, &str, &str)>, secs: u32) -> Self {
@@ -658,3 +671,124 @@ impl Drop for OutageProxy {
 /// Held by the tests that load the machine hardest and by the tests that assert latency
 /// bounds, so that on a 2-core machine they never run at the same time.
 pub static QUIET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Counts the API requests of the processes behind it: `kubectl proxy` (the admin's
+/// credentials, plain HTTP on loopback) with a TCP forwarder in front that reads every
+/// request line. Killed on drop. It runs on the test's runtime: never block that runtime
+/// (wait for processes with `spawn_blocking`) while it counts.
+pub struct CountingProxy {
+    pub port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    kubectl: std::process::Child,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    pub async fn start() -> Self {
+        use std::os::unix::process::CommandExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = free_port();
+        let kubectl = Command::new("kubectl")
+            .args(["proxy", "--address", "127.0.0.1", "--port"])
+            .arg(upstream.to_string())
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let target = format!("127.0.0.1:{upstream}");
+        eventually(Duration::from_secs(30), "kubectl proxy listening", || {
+            let target = target.clone();
+            async move {
+                tokio::net::TcpStream::connect(&target)
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let seen = requests.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let (mut in_read, mut in_write) = inbound.into_split();
+                    let (mut out_read, mut out_write) = outbound.into_split();
+                    let down = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+                    });
+                    let mut line = Vec::new();
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = in_read.read(&mut buf).await {
+                        if n == 0 || out_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        for &b in &buf[..n] {
+                            if b == b'\n' {
+                                let text = String::from_utf8_lossy(&line);
+                                let text = text.trim_end();
+                                // A request line may follow a body that ended
+                                // without a newline: take it from its method on.
+                                if let Some(request) = text.strip_suffix(" HTTP/1.1")
+                                    && let Some(at) =
+                                        ["GET /", "POST /", "PUT /", "PATCH /", "DELETE /"]
+                                            .iter()
+                                            .filter_map(|m| request.rfind(m))
+                                            .max()
+                                {
+                                    seen.lock().unwrap().push(request[at..].to_owned());
+                                }
+                                line.clear();
+                            } else if line.len() < 4096 {
+                                line.push(b);
+                            }
+                        }
+                    }
+                    down.abort();
+                });
+            }
+        });
+        Self {
+            port,
+            requests,
+            kubectl,
+            accept,
+        }
+    }
+
+    /// A kubeconfig for the processes to count (plain HTTP to this proxy).
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("counted-kubeconfig");
+        let doc = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            self.port
+        );
+        std::fs::write(&path, doc).unwrap();
+        path
+    }
+
+    /// Every request so far, as `METHOD /path?query`.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        kill_group_and_reap(&mut self.kubectl);
+    }
+}
+
+/// Locks left in `ns`.
+pub async fn locks_in(client: &kube::Client, ns: &str) -> Vec<issuelock::IssueLock> {
+    let api: Api<issuelock::IssueLock> = Api::namespaced(client.clone(), ns);
+    api.list(&Default::default()).await.unwrap().items
+}

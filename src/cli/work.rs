@@ -1,0 +1,264 @@
+//! `issuelock work` and `issuelock claim`: claim issues from a list, in this worker's own
+//! order, and run a command on each under its lock, with `run`'s environment and
+//! process-tree rules ([`super::run::run_held`]).
+//!
+//! One lock client serves a whole `work`: one identity lookup, one heartbeat Lease, one
+//! watch of the namespace's locks (and the client's watch of its own locks), however
+//! many issues it processes.
+
+use super::run::{ForwardedSignals, Held, grace_period, run_held, signal_exit};
+use super::{EXIT_HELD, EXIT_LOST, WorkArgs, lease_timing, lock_client};
+use crate::error::Error;
+use crate::key::IssueKey;
+use crate::lock::{Claimed, LockClient, Worker};
+use futures::StreamExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit code of `work` when a command it ran failed or lost its lock (every issue was
+/// still tried), and of `claim` when every candidate is done.
+pub const EXIT_NOT_ALL_SUCCEEDED: u8 = 3;
+/// Exit code of `claim` when every candidate is done (nothing left to claim).
+pub const EXIT_NOTHING_LEFT: u8 = 3;
+
+/// How an issue counts as done.
+enum DoneCheck {
+    /// Never by itself: only once this worker ran it.
+    None,
+    /// The file named by the issue's lock name exists in this directory.
+    Dir(PathBuf),
+    /// This shell command exits 0 (1: not done; anything else is an error).
+    Cmd(String),
+}
+
+impl DoneCheck {
+    fn from_args(dir: Option<PathBuf>, cmd: Option<String>) -> Result<Self, Error> {
+        match (dir, cmd) {
+            (Some(dir), None) => {
+                if !dir.is_dir() {
+                    return Err(Error::Config(format!(
+                        "--done-dir {}: no such directory",
+                        dir.display()
+                    )));
+                }
+                Ok(DoneCheck::Dir(dir))
+            }
+            (None, Some(cmd)) if cmd.trim().is_empty() => {
+                Err(Error::Config("--done-cmd is empty".into()))
+            }
+            (None, Some(cmd)) => Ok(DoneCheck::Cmd(cmd)),
+            (None, None) => Ok(DoneCheck::None),
+            (Some(_), Some(_)) => Err(Error::Config(
+                "give --done-dir or --done-cmd, not both".into(),
+            )),
+        }
+    }
+
+    /// The file `work` creates once the command succeeded on `key`, with --done-dir.
+    fn file(&self, key: &IssueKey) -> Option<PathBuf> {
+        match self {
+            DoneCheck::Dir(dir) => Some(dir.join(key.lock_name())),
+            _ => None,
+        }
+    }
+
+    async fn is_done(&self, key: &IssueKey) -> Result<bool, Error> {
+        match self {
+            DoneCheck::None => Ok(false),
+            DoneCheck::Dir(_) => Ok(self.file(key).is_some_and(|f| f.exists())),
+            DoneCheck::Cmd(cmd) => {
+                let status = tokio::process::Command::new("sh")
+                    .args(["-c", cmd])
+                    .env("ISSUELOCK_ISSUE", key.as_str())
+                    .env("ISSUELOCK_LOCK_NAME", key.lock_name())
+                    .stdin(std::process::Stdio::null())
+                    .status()
+                    .await
+                    .map_err(|e| done_error(key, format!("cannot run --done-cmd: {e}")))?;
+                match status.code() {
+                    Some(0) => Ok(true),
+                    Some(1) => Ok(false),
+                    _ => Err(done_error(
+                        key,
+                        format!("--done-cmd ended with {status} (0: done, 1: not done)"),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+fn done_error(key: &IssueKey, message: String) -> Error {
+    Error::DoneCheck {
+        issue: key.to_string(),
+        message,
+    }
+}
+
+/// What `work` did, for its last line on stderr.
+#[derive(Default)]
+struct Tally {
+    succeeded: u64,
+    failed: u64,
+    lost: u64,
+}
+
+/// Everything `work` and `claim` need before their first API call, checked.
+struct Prepared {
+    done: DoneCheck,
+    held: Held,
+    max_hold: Option<Duration>,
+}
+
+fn prepare(args: &WorkArgs) -> Result<Prepared, Error> {
+    let timing = lease_timing(
+        "",
+        args.holder.lease_duration_seconds,
+        args.holder.renew_deadline_seconds,
+        args.holder.renew_interval_seconds,
+    )?;
+    let max_hold = args.max_hold_seconds.map(Duration::from_secs);
+    let grace = grace_period(args.grace_seconds, &timing, max_hold)?;
+    Ok(Prepared {
+        done: DoneCheck::from_args(args.done_dir.clone(), args.done_cmd.clone())?,
+        held: Held::new(&timing, grace),
+        max_hold,
+    })
+}
+
+/// `issuelock work`.
+pub(super) async fn work(args: WorkArgs) -> Result<ExitCode, Error> {
+    let prepared = prepare(&args)?;
+    let input = if args.follow {
+        super::issues::follow_list(&args.issues).await?
+    } else {
+        let keys = super::issues::read_list(&args.issues).await?;
+        futures::stream::iter(keys).boxed()
+    };
+    let mut signals = ForwardedSignals::install()?;
+    let locks = lock_client(args.holder, prepared.max_hold).await?;
+    let mut worker = Worker::new(locks.clone(), input).order(args.order.into());
+    let mut tally = Tally::default();
+    let done = &prepared.done;
+    let mut is_done = async |key: &IssueKey| done.is_done(key).await;
+    let ended: Result<Option<u8>, Error> = loop {
+        if let Some(sig) = signals.pending() {
+            break Ok(Some(signal_code(sig)));
+        }
+        let next = tokio::select! {
+            biased;
+            sig = signals.recv() => break Ok(Some(signal_code(sig))),
+            _ = locks.heartbeat_lost() => break Err(Error::HeartbeatUnhealthy),
+            next = worker.next(&mut is_done) => next,
+        };
+        let guard = match next {
+            Ok(Some(guard)) => guard,
+            Ok(None) => break Ok(None),
+            Err(e) => break Err(e),
+        };
+        let key = guard.issue().clone();
+        let done_file = done.file(&key);
+        eprintln!("issuelock: working on {:?}", key.as_str());
+        let code = run_held(
+            guard,
+            &args.command,
+            prepared.held,
+            &mut signals,
+            done_file.as_deref(),
+        )
+        .await;
+        match code {
+            0 => tally.succeeded += 1,
+            EXIT_LOST => tally.lost += 1,
+            _ => tally.failed += 1,
+        }
+        eprintln!(
+            "issuelock: {:?} ended with exit status {code}",
+            key.as_str()
+        );
+        if let Some(sig) = signals.received() {
+            break Ok(Some(signal_code(sig)));
+        }
+    };
+    let conflicts = locks.stats().held;
+    if let Err(e) = locks.shutdown().await {
+        tracing::warn!(error = %e.chain(), "clean shutdown failed; the controller will reclaim what is left");
+    }
+    eprintln!(
+        "issuelock: work finished: {} succeeded, {} failed, {} lost; {} conflicts (409)",
+        tally.succeeded, tally.failed, tally.lost, conflicts
+    );
+    match ended? {
+        Some(code) => Ok(ExitCode::from(code)),
+        None if tally.failed + tally.lost > 0 => Ok(ExitCode::from(EXIT_NOT_ALL_SUCCEEDED)),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn signal_code(sig: nix::sys::signal::Signal) -> u8 {
+    eprintln!("issuelock: received {sig}; stopping");
+    super::run::signal_status(sig)
+}
+
+/// `issuelock claim`: one issue, like `run` on the first free candidate.
+pub(super) async fn claim(args: WorkArgs) -> Result<ExitCode, Error> {
+    if args.follow {
+        return Err(Error::Config(
+            "claim takes one issue; --follow is for work".into(),
+        ));
+    }
+    let prepared = prepare(&args)?;
+    let keys = super::issues::read_list(&args.issues).await?;
+    let mut signals = ForwardedSignals::install()?;
+    let locks = lock_client(args.holder, prepared.max_hold).await?;
+    let result = claim_one(
+        &locks,
+        &keys,
+        &args.command,
+        &prepared,
+        args.order.into(),
+        &mut signals,
+    )
+    .await;
+    if let Err(e) = locks.shutdown().await {
+        tracing::warn!(error = %e.chain(), "clean shutdown failed; the controller will reclaim what is left");
+    }
+    result
+}
+
+async fn claim_one(
+    locks: &LockClient,
+    keys: &[IssueKey],
+    command: &[String],
+    prepared: &Prepared,
+    order: crate::lock::ClaimOrder,
+    signals: &mut ForwardedSignals,
+) -> Result<ExitCode, Error> {
+    let done = &prepared.done;
+    let claimed = tokio::select! {
+        biased;
+        sig = signals.recv() => return Ok(signal_exit(sig)),
+        claimed = locks.claim_next_in(order, keys, async |key: &IssueKey| done.is_done(key).await) => claimed?,
+    };
+    match claimed {
+        Claimed::Lock(guard) => {
+            eprintln!("issuelock: claimed {:?}", guard.issue().as_str());
+            let done_file = done.file(guard.issue());
+            Ok(ExitCode::from(
+                run_held(guard, command, prepared.held, signals, done_file.as_deref()).await,
+            ))
+        }
+        Claimed::Nothing { held, .. } if !held.is_empty() => {
+            eprintln!(
+                "issuelock: every candidate not done ({}) is held by others",
+                held.len()
+            );
+            Ok(ExitCode::from(EXIT_HELD))
+        }
+        Claimed::Nothing { .. } => {
+            eprintln!("issuelock: every candidate is done");
+            Ok(ExitCode::from(EXIT_NOTHING_LEFT))
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! A long-running worker: [`Worker`] claims issues from a stream of candidate keys one
+//! after another, on one [`LockClient`] (one Lease, one watch of the namespace's locks),
+//! until no candidate is left.
+
+use super::claim::{ClaimOrder, Claimed};
+use super::*;
+use futures::{FutureExt, Stream};
+
+/// Claims issues one at a time from a stream of candidate keys.
+///
+/// A candidate stays a candidate until this worker has taken its lock once (whatever its
+/// work then did: a worker never starts the same issue twice), or the done check calls it
+/// finished. When every candidate left is held by others, the worker waits for a change
+/// to the namespace's locks (its watch; no polling) or for new input. It is finished when
+/// the input has ended and no candidate is left. Keys that come again are ignored.
+pub struct Worker<S> {
+    locks: LockClient,
+    order: ClaimOrder,
+    input: Option<S>,
+    pending: Vec<IssueKey>,
+    known: HashSet<IssueKey>,
+}
+
+/// What [`Worker::run`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkReport {
+    /// Issues whose work completed while the lock was held.
+    pub completed: u64,
+    /// Issues whose lock was lost while (or right after) their work ran.
+    pub lost: u64,
+}
+
+impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
+    /// A worker taking locks with `locks` on the keys `input` yields.
+    pub fn new(locks: LockClient, input: S) -> Self {
+        Self {
+            locks,
+            order: ClaimOrder::Rendezvous,
+            input: Some(input),
+            pending: Vec::new(),
+            known: HashSet::new(),
+        }
+    }
+
+    /// The order to try candidates in (default: rendezvous).
+    pub fn order(mut self, order: ClaimOrder) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Candidates not yet taken by this worker nor known done.
+    pub fn pending(&self) -> &[IssueKey] {
+        &self.pending
+    }
+
+    fn add(&mut self, key: IssueKey) {
+        if self.known.insert(key.clone()) {
+            self.pending.push(key);
+        }
+    }
+
+    /// Takes in the input that is ready; notes its end.
+    fn take_ready_input(&mut self) {
+        while let Some(input) = self.input.as_mut() {
+            match input.next().now_or_never() {
+                Some(Some(key)) => self.add(key),
+                Some(None) => self.input = None,
+                None => break,
+            }
+        }
+    }
+
+    /// The lock on the next candidate, or `None` once the input has ended and no candidate
+    /// is left. Waits while every candidate left is held by others.
+    ///
+    /// Cancel-safe in the sense that matters: dropped mid-call, a lock it may have taken
+    /// goes to the client's background clean-up, and the candidate stays a candidate.
+    pub async fn next<D>(&mut self, done: &mut D) -> Result<Option<LockGuard>>
+    where
+        D: AsyncFnMut(&IssueKey) -> Result<bool>,
+    {
+        loop {
+            self.take_ready_input();
+            if self.pending.is_empty() {
+                match self.input.as_mut() {
+                    None => return Ok(None),
+                    Some(input) => match input.next().await {
+                        Some(key) => self.add(key),
+                        None => self.input = None,
+                    },
+                }
+                continue;
+            }
+            let mut changes = self.locks.lock_changes().await?;
+            changes.borrow_and_update();
+            match self
+                .locks
+                .claim_next_in(self.order, &self.pending, &mut *done)
+                .await?
+            {
+                Claimed::Lock(guard) => {
+                    self.pending.retain(|k| k != guard.issue());
+                    return Ok(Some(guard));
+                }
+                Claimed::Nothing { done: finished, .. } => {
+                    let finished: HashSet<IssueKey> = finished.into_iter().collect();
+                    self.pending.retain(|k| !finished.contains(k));
+                    if self.pending.is_empty() {
+                        continue;
+                    }
+                    // Every candidate left is held by others: wait for a release or input.
+                    let woke = match self.input.as_mut() {
+                        None => changes.changed().await.map(|_| None),
+                        Some(input) => tokio::select! {
+                            changed = changes.changed() => changed.map(|_| None),
+                            key = input.next() => Ok(Some(key)),
+                        },
+                    };
+                    match woke {
+                        Err(_) => return Err(Error::Config("the client was shut down".into())),
+                        Ok(None) => {}
+                        Ok(Some(Some(key))) => self.add(key),
+                        Ok(Some(None)) => self.input = None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `work` on each claimed issue until no candidate is left, as
+    /// [`LockClient::process_safely`] does for one: `work` is cancelled (its future dropped)
+    /// as soon as the lock may be lost, and the lock is released after it. Ends with the
+    /// first error of a claim or of `done` (e.g. the heartbeat was lost).
+    pub async fn run<D, F, Fut>(mut self, mut done: D, mut work: F) -> Result<WorkReport>
+    where
+        D: AsyncFnMut(&IssueKey) -> Result<bool>,
+        F: FnMut(Fence) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut report = WorkReport::default();
+        while let Some(guard) = self.next(&mut done).await? {
+            match process_under(guard, &mut work).await {
+                Outcome::Completed(()) => report.completed += 1,
+                _ => report.lost += 1,
+            }
+        }
+        Ok(report)
+    }
+}
