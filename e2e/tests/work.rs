@@ -295,7 +295,7 @@ async fn six_workers_process_every_issue_exactly_once() {
     let (done, rec) = (dir.0.join("done"), dir.0.join("rec"));
     std::fs::create_dir_all(&done).unwrap();
     std::fs::create_dir_all(&rec).unwrap();
-    let n = 150;
+    let n = 100;
     let list = write_list(&dir.0, n);
     let start = Instant::now();
     let workers: Vec<_> = (0..6)

@@ -80,8 +80,9 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
     /// The lock on the next candidate, or `None` once the input has ended and no candidate
     /// is left. Waits while every candidate left is held by others.
     ///
-    /// Cancel-safe in the sense that matters: dropped mid-call, a lock it may have taken
-    /// goes to the client's background clean-up, and the candidate stays a candidate.
+    /// May be dropped mid-call to stop (e.g. on a signal): a lock it may have taken goes to
+    /// the client's background clean-up. Drop the worker then too: a stream dropped while
+    /// it was being read may not be read again.
     pub async fn next<D>(&mut self, done: &mut D) -> Result<Option<LockGuard>>
     where
         D: AsyncFnMut(&IssueKey) -> Result<bool>,
