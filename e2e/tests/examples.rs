@@ -69,6 +69,7 @@ fn bin_dir() -> PathBuf {
 
 #[tokio::test]
 async fn the_rust_worker_example_processes_each_issue_once() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "example-rust").await;
     let dir = Scratch::new("example-rust");
@@ -146,6 +147,7 @@ async fn the_rust_worker_example_processes_each_issue_once() {
 
 #[tokio::test]
 async fn the_shell_worker_example_processes_each_issue_once() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "example-shell").await;
     let dir = Scratch::new("example-shell");
@@ -179,6 +181,7 @@ async fn the_shell_worker_example_processes_each_issue_once() {
 
 #[tokio::test]
 async fn the_python_cli_worker_example_processes_each_issue_once() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "example-python").await;
     let dir = Scratch::new("example-python");
