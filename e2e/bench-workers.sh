@@ -16,4 +16,5 @@ bin="$CARGO_TARGET_DIR/release/issuelock"
 "$bin" crd | kubectl apply -f - >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd/issuelocks.issuelock.dev >/dev/null
 python3 e2e/bench_workers.py --bin "$bin" --scratch "$dir" \
-  --workers "${BENCH_WORKERS:-16}" --issues "${BENCH_ISSUES:-1000}"
+  --workers "${BENCH_WORKERS:-16}" --issues "${BENCH_ISSUES:-1000}" \
+  --parts "${BENCH_PARTS:-wait,workers,overhead}"

@@ -10,7 +10,9 @@ create + delete of an IssueLock through the same API server (`issuelock bench`).
 import argparse
 import os
 import re
+import socket
 import subprocess
+import threading
 import time
 
 # One record per run: issue, start and end (ns since the epoch), worker.
@@ -94,13 +96,129 @@ def floor(bin_, scratch):
     return p50, out
 
 
+class CountingProxy:
+    """`kubectl proxy` with a TCP forwarder in front that records every request line."""
+
+    METHODS = (b"GET /", b"POST /", b"PUT /", b"PATCH /", b"DELETE /")
+
+    def __init__(self, scratch):
+        upstream = free_port()
+        self.kubectl = subprocess.Popen(
+            ["kubectl", "proxy", "--address", "127.0.0.1", "--port", str(upstream)],
+            stdout=subprocess.DEVNULL)
+        self.upstream = ("127.0.0.1", upstream)
+        for _ in range(300):
+            try:
+                socket.create_connection(self.upstream).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.requests = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+        self.kubeconfig = os.path.join(scratch, "counted-kubeconfig")
+        with open(self.kubeconfig, "w") as f:
+            f.write(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{self.port}"}}}}]
+users: [{{name: u, user: {{}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+""")
+
+    def accept(self):
+        while True:
+            inbound, _ = self.listener.accept()
+            outbound = socket.create_connection(self.upstream)
+            threading.Thread(target=self.pipe, args=(outbound, inbound, False), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(inbound, outbound, True), daemon=True).start()
+
+    def pipe(self, src, dst, count):
+        line = b""
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if not count:
+                    continue
+                *lines, line = (line + data).split(b"\n")
+                for l in lines:
+                    l = l.rstrip(b"\r")
+                    if l.endswith(b" HTTP/1.1"):
+                        at = max((l.rfind(m) for m in self.METHODS), default=-1)
+                        if at >= 0:
+                            self.requests.append(l[at:-len(b" HTTP/1.1")].decode(errors="replace"))
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.kubectl.kill()
+        self.kubectl.wait()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def waiter(bin_, scratch, wait_s):
+    """A `run --wait` waiter behind a counting proxy while a holder keeps the lock."""
+    ns = "bench-wait"
+    kubectl("create", "namespace", ns)
+    stop = os.path.join(scratch, "stop-holder")
+    holder = subprocess.Popen(
+        [bin_, "run", "-n", ns, "--identity", "holder", "--issue", "org/repo#w", "--",
+         "sh", "-c", f"while [ ! -e {stop} ]; do sleep 0.05; done"],
+        stderr=subprocess.DEVNULL)
+    while subprocess.run(["kubectl", "get", "issuelocks", "-n", ns, "-o", "name"],
+                         capture_output=True, text=True).stdout.strip() == "":
+        time.sleep(0.1)
+    proxy = CountingProxy(scratch)
+    waiter = subprocess.Popen(
+        [bin_, "run", "-n", ns, "--identity", "waiter", "--issue", "org/repo#w",
+         "--wait", f"{wait_s + 60}s", "--", "true"],
+        stderr=subprocess.DEVNULL, env={**os.environ, "KUBECONFIG": proxy.kubeconfig})
+    while not any("watch=true" in r and "fieldSelector" in r for r in proxy.requests):
+        time.sleep(0.1)
+    before = len(proxy.requests)
+    time.sleep(wait_s)
+    during = proxy.requests[before:]
+    open(stop, "w").close()
+    holder.wait()
+    waiter.wait()
+    proxy.close()
+    kubectl("delete", "namespace", ns, "--wait=false")
+    locks = [r for r in during if "/issuelocks" in r]
+    leases = [r for r in during if "/leases" in r]
+    print(f"\na `run --wait` waiter over {wait_s} s of waiting (after its watch opened): "
+          f"{len(during)} API requests, of which {len(locks)} on locks {locks} and "
+          f"{len(leases)} heartbeat renewals of its Lease (every 2 s, as for any holder); "
+          f"exit status {waiter.returncode}")
+
+
 def main():
     a = argparse.ArgumentParser()
     a.add_argument("--bin", required=True)
     a.add_argument("--scratch", required=True)
     a.add_argument("--workers", type=int, default=16)
     a.add_argument("--issues", type=int, default=1000)
+    a.add_argument("--parts", default="workers,overhead,wait")
+    a.add_argument("--wait-seconds", type=int, default=60)
     args = a.parse_args()
+    parts = args.parts.split(",")
+    if "wait" in parts:
+        waiter(args.bin, args.scratch, args.wait_seconds)
+    if "workers" not in parts:
+        return
     print(f"{args.workers} workers over {args.issues} issues, each `issuelock work --done-dir` "
           "running a shell command that records its run; exactly-once checked from the records\n")
     print("| order | wall (s) | issues/s | conflicts (409) | conflicts per issue |")
@@ -115,6 +233,8 @@ def main():
     print(f"\nconflicts, listed / rendezvous: {ratio:.1f}x"
           + (" (rendezvous had none; ratio against 1)" if results["rendezvous"] == 0 else ""))
 
+    if "overhead" not in parts:
+        return
     n = 200
     p50, _ = floor(args.bin, args.scratch)
     wall, _ = run_workers(args.bin, args.scratch, "rendezvous", 1, n, command=["true"])

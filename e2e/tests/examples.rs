@@ -69,11 +69,23 @@ fn bin_dir() -> PathBuf {
 
 #[tokio::test]
 async fn the_rust_worker_example_processes_each_issue_once() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "example-rust").await;
     let dir = Scratch::new("example-rust");
-    // Built as a user would (the build directory lock is free while tests run).
-    let out = Command::new(env!("CARGO"))
+    // Built as a user would (the build directory lock is free while tests run), without
+    // the variables cargo sets for this test: build scripts that read them would
+    // otherwise rebuild their crates (and the next `cargo test` rebuild them back).
+    let mut build = Command::new(env!("CARGO"));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if (name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR")
+            || name == "OUT_DIR"
+        {
+            build.env_remove(name);
+        }
+    }
+    let out = build
         .args(["build", "--example", "rust_worker", "--message-format=json"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(std::process::Stdio::inherit())
@@ -135,6 +147,7 @@ async fn the_rust_worker_example_processes_each_issue_once() {
 
 #[tokio::test]
 async fn the_shell_worker_example_processes_each_issue_once() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "example-shell").await;
     let dir = Scratch::new("example-shell");
@@ -168,6 +181,7 @@ async fn the_shell_worker_example_processes_each_issue_once() {
 
 #[tokio::test]
 async fn the_python_cli_worker_example_processes_each_issue_once() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "example-python").await;
     let dir = Scratch::new("example-python");

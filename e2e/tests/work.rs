@@ -98,6 +98,7 @@ fn lock_requests(requests: &[String]) -> Vec<String> {
 
 #[tokio::test]
 async fn a_waiter_takes_the_lock_within_a_second_of_its_release_without_polling() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "wait-release").await;
     let dir = Scratch::new("wait-release");
@@ -172,6 +173,7 @@ async fn a_waiter_takes_the_lock_within_a_second_of_its_release_without_polling(
 
 #[tokio::test]
 async fn a_waiter_takes_a_killed_holders_lock_once_the_controller_reclaims_it() {
+    let _quiet = QUIET.lock().await;
     let client = client().await;
     let ns = namespace(&client, "wait-killed").await;
     let _ctl = ControllerProcess::start(&ns);
@@ -295,7 +297,7 @@ async fn six_workers_process_every_issue_exactly_once() {
     let (done, rec) = (dir.0.join("done"), dir.0.join("rec"));
     std::fs::create_dir_all(&done).unwrap();
     std::fs::create_dir_all(&rec).unwrap();
-    let n = 150;
+    let n = 100;
     let list = write_list(&dir.0, n);
     let start = Instant::now();
     let workers: Vec<_> = (0..6)

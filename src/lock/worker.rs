@@ -6,13 +6,20 @@ use super::claim::{ClaimOrder, Claimed};
 use super::*;
 use futures::{FutureExt, Stream};
 
+/// First pause before a worker retries a claim that failed for a transient reason.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest pause between two such retries.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// Claims issues one at a time from a stream of candidate keys.
 ///
 /// A candidate stays a candidate until this worker has taken its lock once (whatever its
 /// work then did: a worker never starts the same issue twice), or the done check calls it
 /// finished. When every candidate left is held by others, the worker waits for a change
 /// to the namespace's locks (its watch; no polling) or for new input. It is finished when
-/// the input has ended and no candidate is left. Keys that come again are ignored.
+/// the input has ended and no candidate is left. Keys that come again are ignored. A claim
+/// that fails for a transient reason ([`Error::is_transient`]: API server unreachable,
+/// 429, 5xx) is retried with backoff (0.5 s doubling to 30 s).
 pub struct Worker<S> {
     locks: LockClient,
     order: ClaimOrder,
@@ -73,12 +80,14 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
     /// The lock on the next candidate, or `None` once the input has ended and no candidate
     /// is left. Waits while every candidate left is held by others.
     ///
-    /// Cancel-safe in the sense that matters: dropped mid-call, a lock it may have taken
-    /// goes to the client's background clean-up, and the candidate stays a candidate.
+    /// May be dropped mid-call to stop (e.g. on a signal): a lock it may have taken goes to
+    /// the client's background clean-up. Drop the worker then too: a stream dropped while
+    /// it was being read may not be read again.
     pub async fn next<D>(&mut self, done: &mut D) -> Result<Option<LockGuard>>
     where
         D: AsyncFnMut(&IssueKey) -> Result<bool>,
     {
+        let mut backoff = RETRY_MIN;
         loop {
             self.take_ready_input();
             if self.pending.is_empty() {
@@ -91,13 +100,28 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
                 }
                 continue;
             }
-            let mut changes = self.locks.lock_changes().await?;
-            changes.borrow_and_update();
-            match self
-                .locks
-                .claim_next_in(self.order, &self.pending, &mut *done)
-                .await?
-            {
+            let claimed = async {
+                let mut changes = self.locks.lock_changes().await?;
+                changes.borrow_and_update();
+                let claimed = self
+                    .locks
+                    .claim_next_in(self.order, &self.pending, &mut *done)
+                    .await?;
+                Ok::<_, Error>((changes, claimed))
+            };
+            let (mut changes, claimed) = match claimed.await {
+                // The API server is overloaded or unreachable for a moment: try again. A
+                // lasting outage ends in a lost heartbeat, which is not transient.
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e.chain(), retry_in = ?backoff, "claiming failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    continue;
+                }
+                other => other?,
+            };
+            backoff = RETRY_MIN;
+            match claimed {
                 Claimed::Lock(guard) => {
                     self.pending.retain(|k| k != guard.issue());
                     return Ok(Some(guard));
