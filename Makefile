@@ -39,6 +39,10 @@ test-e2e: ## End-to-end tests on a local control plane (or $$ISSUELOCK_E2E_KUBEC
 bench: ## Print acquire/release latency percentiles and throughput vs raw API calls.
 	bash e2e/bench.sh
 
+.PHONY: bench-scale
+bench-scale: ## Print the controller's cost at 1k/10k held locks (RSS, CPU, API writes, restart, reclaim).
+	bash e2e/bench-scale.sh
+
 .PHONY: assets
 assets: ## Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kubectl, helm.
 	bash e2e/assets.sh
