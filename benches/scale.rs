@@ -87,7 +87,7 @@ async fn main() {
     }
     let mut rows = vec![];
     for (i, (label, bin, locks, holders)) in runs.into_iter().enumerate() {
-        let ns = format!("scale-{i}-{locks}");
+        let ns = format!("scale-{}-{i}-{locks}", std::process::id());
         eprintln!("== {label}: {locks} locks / {holders} holders in {ns}");
         let row = run_one(&client, &args, &ns, label, &bin, locks, holders).await;
         eprintln!("{}", row.line());
@@ -205,8 +205,9 @@ async fn run_one(
     let mut ctl = ControllerProc::start(bin, ns);
     row.first_start = ctl.until_all_judged(locks).await;
     eprintln!("   first start: all judged in {:.1}s", row.first_start);
-    // Let the first writes settle, then measure a steady window.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let the first writes (one status per new lock) settle: no reconcile for 3 s, or
+    // 40 s at most (a controller that rechecks every lock periodically never settles).
+    ctl.until_quiet(Duration::from_secs(3), Duration::from_secs(40)).await;
     let (writes0, cpu0, t0) = (
         api_writes(client, ns).await,
         ctl.cpu_ticks(),
@@ -429,8 +430,21 @@ struct Writes {
 }
 
 async fn api_writes(client: &kube::Client, _ns: &str) -> Writes {
-    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let text = client.request_text(req).await.expect("apiserver /metrics");
+    let mut text = String::new();
+    for attempt in 0..10 {
+        let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+        match client.request_text(req).await {
+            Ok(t) => {
+                text = t;
+                break;
+            }
+            Err(e) if attempt < 9 => {
+                eprintln!("   apiserver /metrics failed ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("apiserver /metrics: {e}"),
+        }
+    }
     let mut w = Writes {
         controller: 0.0,
         holders: 0.0,
@@ -545,6 +559,32 @@ impl ControllerProc {
                 return f64::NAN;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn reconciles(&self) -> f64 {
+        self.metrics()
+            .await
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("issuelock_reconcile_duration_seconds_count "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until no reconcile happened for `quiet`, or `limit` passed.
+    async fn until_quiet(&self, quiet: Duration, limit: Duration) {
+        let start = Instant::now();
+        let (mut last, mut since) = (self.reconciles().await, Instant::now());
+        while start.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.reconciles().await;
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() >= quiet {
+                return;
+            }
         }
     }
 
