@@ -207,7 +207,8 @@ async fn run_one(
     eprintln!("   first start: all judged in {:.1}s", row.first_start);
     // Let the first writes (one status per new lock) settle: no reconcile for 3 s, or
     // 40 s at most (a controller that rechecks every lock periodically never settles).
-    ctl.until_quiet(Duration::from_secs(3), Duration::from_secs(40)).await;
+    ctl.until_quiet(Duration::from_secs(3), Duration::from_secs(40))
+        .await;
     let (writes0, cpu0, t0) = (
         api_writes(client, ns).await,
         ctl.cpu_ticks(),
