@@ -43,6 +43,10 @@ bench: ## Print acquire/release latency percentiles and throughput vs raw API ca
 bench-workers: ## 16 `work` processes over 1,000 issues: shared vs rendezvous order (conflicts, wall time), per-issue overhead.
 	bash e2e/bench-workers.sh
 
+.PHONY: bench-scale
+bench-scale: ## Print the controller's cost at 1k/10k held locks (RSS, CPU, API writes, restart, reclaim).
+	bash e2e/bench-scale.sh
+
 .PHONY: assets
 assets: ## Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kubectl, helm.
 	bash e2e/assets.sh

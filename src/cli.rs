@@ -571,17 +571,42 @@ async fn list(args: ListArgs) -> Result<ExitCode, Error> {
     } = args;
     let client = kube_client().await?;
     let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-    let api: Api<IssueLock> = if all_namespaces {
-        Api::all(client)
+    let (api, leases): (
+        Api<IssueLock>,
+        Api<k8s_openapi::api::coordination::v1::Lease>,
+    ) = if all_namespaces {
+        (Api::all(client.clone()), Api::all(client))
     } else {
-        Api::namespaced(client, &ns)
+        (
+            Api::namespaced(client.clone(), &ns),
+            Api::namespaced(client, &ns),
+        )
     };
     let locks = api
         .list(&ListParams::default())
         .await
         .map_err(|e| classify("list locks", &ns, e))?;
+    // The HEARTBEAT column comes from the holders' Leases (the controller does not
+    // rewrite lock status as heartbeats arrive); without the right to list them it reads
+    // <unknown>.
+    let heartbeats = match output {
+        Output::Table => leases
+            .list(&ListParams::default().labels(&format!("{}=true", crate::crd::HEARTBEAT_LABEL)))
+            .await
+            .ok()
+            .map(|list| {
+                list.items
+                    .into_iter()
+                    .filter_map(|l| {
+                        let renewed = l.spec.as_ref()?.renew_time.as_ref()?.0;
+                        Some(((l.metadata.namespace?, l.metadata.name?), renewed))
+                    })
+                    .collect()
+            }),
+        _ => None,
+    };
     print_as(output, &locks.items, || {
-        crate::table::render(&locks.items, all_namespaces)
+        crate::table::render(&locks.items, all_namespaces, &heartbeats)
     });
     Ok(ExitCode::SUCCESS)
 }

@@ -41,8 +41,7 @@ pub const LEASE_POD_UID_ANNOTATION: &str = "issuelock.dev/holder-pod-uid";
     printcolumn = r#"{"name":"Issue","type":"string","jsonPath":".spec.issue","description":"The issue key this lock covers"}"#,
     printcolumn = r#"{"name":"Holder","type":"string","jsonPath":".spec.holder.identity","description":"Identity of the holding process"}"#,
     printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.holder.pod.name","description":"Pod the holder runs in"}"#,
-    printcolumn = r#"{"name":"Alive","type":"string","jsonPath":".status.conditions[?(@.type==\"HolderAlive\")].status","description":"Whether the controller last judged the holder alive"}"#,
-    printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".status.lastHeartbeatObserved","description":"When the controller last saw the holder's Lease change"}"#,
+    printcolumn = r#"{"name":"Alive","type":"string","jsonPath":".status.conditions[?(@.type==\"HolderAlive\")].status","description":"Whether the controller judged the holder alive (written on transitions; a dead holder's lock is deleted)"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -127,7 +126,10 @@ pub struct IssueLockStatus {
     /// `HolderAlive`, `NameMatchesIssue` and `SignatureValid` conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// When the controller last saw the holder's Lease change (its own observation time).
+    /// When the controller saw the holder's Lease change last before it wrote this status
+    /// (its own observation time). Status is written on transitions only (a condition
+    /// changing), so this is not a live heartbeat: `kubectl issuelock list` shows the
+    /// Lease's own `renewTime` for that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_observed: Option<Time>,
 }

@@ -2,12 +2,19 @@
 
 use crate::crd::IssueLock;
 use k8s_openapi::jiff::Timestamp;
+use std::collections::HashMap;
 
-/// Renders locks as an aligned table: NAMESPACE (optional), ISSUE, HOLDER, POD, ALIVE, AGE.
-pub fn render(locks: &[IssueLock], with_namespace: bool) -> String {
+/// When each heartbeat Lease (namespace, name) was last renewed, by its `renewTime`;
+/// `None` when the Leases could not be listed.
+pub type Heartbeats = Option<HashMap<(String, String), Timestamp>>;
+
+/// Renders locks as an aligned table: NAMESPACE (optional), ISSUE, HOLDER, POD, ALIVE,
+/// HEARTBEAT (time since the holder Lease's `renewTime` on this machine's clock; `<none>`
+/// when the Lease is missing), AGE.
+pub fn render(locks: &[IssueLock], with_namespace: bool, heartbeats: &Heartbeats) -> String {
     let now = Timestamp::now();
     let mut rows: Vec<Vec<String>> = vec![];
-    let mut header = vec!["ISSUE", "HOLDER", "POD", "ALIVE", "AGE"];
+    let mut header = vec!["ISSUE", "HOLDER", "POD", "ALIVE", "HEARTBEAT", "AGE"];
     if with_namespace {
         header.insert(0, "NAMESPACE");
     }
@@ -25,6 +32,17 @@ pub fn render(locks: &[IssueLock], with_namespace: bool) -> String {
             .as_ref()
             .map(|t| human_age(now.duration_since(t.0).as_secs()))
             .unwrap_or_default();
+        let lease = (
+            lock.metadata.namespace.clone().unwrap_or_default(),
+            lock.spec.holder.lease.clone(),
+        );
+        let heartbeat = match heartbeats {
+            None => "<unknown>".into(),
+            Some(h) => h
+                .get(&lease)
+                .map(|t| format!("{} ago", human_age(now.duration_since(*t).as_secs())))
+                .unwrap_or_else(|| "<none>".into()),
+        };
         let mut row = vec![
             lock.spec.issue.clone(),
             lock.spec.holder.identity.clone(),
@@ -35,6 +53,7 @@ pub fn render(locks: &[IssueLock], with_namespace: bool) -> String {
                 .map(|p| p.name.clone())
                 .unwrap_or_else(|| "<none>".into()),
             alive,
+            heartbeat,
             age,
         ];
         if with_namespace {
@@ -103,7 +122,7 @@ pub fn describe(lock: &IssueLock) -> String {
     );
     let status = lock.status.clone().unwrap_or_default();
     line(
-        "Heartbeat:",
+        "Alive since:",
         age(status.last_heartbeat_observed.map(|t| t.0)),
     );
     for c in &status.conditions {

@@ -464,9 +464,13 @@ async fn kubectl_plugin_lists_shows_and_force_releases() {
     let (code, out, err) = plugin(&["list", "-n", &ns]);
     assert_eq!(code, Some(0), "{err}");
     let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["ISSUE", "HOLDER", "POD", "ALIVE", "AGE"]);
+    assert_eq!(
+        header,
+        ["ISSUE", "HOLDER", "POD", "ALIVE", "HEARTBEAT", "AGE"]
+    );
+    // HEARTBEAT comes from the holder's Lease (renewed every 2 s by default).
     assert!(
-        out.contains("org/repo#plugin") && out.contains("plugin-holder"),
+        out.contains("org/repo#plugin") && out.contains("plugin-holder") && out.contains("s ago"),
         "{out}"
     );
     let (_, out, _) = plugin(&["list", "-A", "-o", "yaml"]);

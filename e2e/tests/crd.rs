@@ -22,18 +22,7 @@ async fn crd_is_established_and_kubectl_shows_columns_and_docs() {
     };
     let table = kubectl_ok(&["get", "issuelocks", "-n", &ns]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(
-        header,
-        [
-            "NAME",
-            "ISSUE",
-            "HOLDER",
-            "POD",
-            "ALIVE",
-            "HEARTBEAT",
-            "AGE"
-        ]
-    );
+    assert_eq!(header, ["NAME", "ISSUE", "HOLDER", "POD", "ALIVE", "AGE"]);
     let row = table.lines().nth(1).unwrap();
     assert!(
         row.starts_with(guard.name()) && row.contains("org/repo#123") && row.contains("worker-a"),

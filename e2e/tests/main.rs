@@ -6,6 +6,7 @@ mod support;
 mod acquire;
 mod bad_input;
 mod chart;
+mod cost;
 mod crd;
 mod examples;
 mod foreign;

@@ -1,11 +1,15 @@
 //! The reclaiming controller: garbage-collects locks whose holder died.
 //!
 //! It watches IssueLocks, heartbeat Leases (label `issuelock.dev/heartbeat=true`) and
-//! Pods (trimmed to uid and phase). Lease renewals only update [`Observations`]; a Lease
-//! deletion or any Pod change triggers the reconcile of the locks concerned, and each live
-//! lock is requeued at the earliest time it could become stale. Evidence from the caches
-//! is confirmed with a direct read before a lock is deleted, and the delete carries
-//! `{uid, resourceVersion}` preconditions of the object judged.
+//! Pods (trimmed to uid and phase), without managedFields. Its cost follows changes, not
+//! locks × time: Lease renewals only update [`Observations`]; a Lease deletion or a Pod
+//! change triggers the reconcile of that holder's locks only ([`holders`]); a Lease that
+//! could have expired triggers its locks once ([`expiry`], one check per Lease); a lock
+//! with a max hold time or an unknown signing key is requeued for that time. Status is
+//! written on transitions only. Evidence from the caches is confirmed with a direct read
+//! before a lock is deleted, and the delete carries `{uid, resourceVersion}`
+//! preconditions of the object judged. Reconciles run at most [`CONCURRENCY`] at a time,
+//! and a failing lock backs off exponentially ([`backoff`]).
 //!
 //! A holder's pod is judged in its own namespace (`spec.holder.pod.namespace`, else the
 //! lock's). When the controller watches one namespace only, a pod elsewhere is not in its
@@ -13,6 +17,9 @@
 //! recheck, see [`pod_reads`]; about once per lease duration), never called missing from
 //! a cache miss, and its deletion is noticed at that read rather than from a Pod event.
 
+pub mod backoff;
+pub mod expiry;
+pub mod holders;
 pub mod http;
 pub mod metrics;
 pub mod naming;
@@ -20,25 +27,28 @@ pub mod observations;
 pub mod pod_reads;
 pub mod staleness;
 
-use crate::crd::{HEARTBEAT_LABEL, HOLDER_LEASE_LABEL, IssueLock};
+use crate::crd::{HEARTBEAT_LABEL, IssueLock};
 use crate::error::{Error, classify, is_status, within};
 use crate::heartbeat::lease_duration;
 use crate::leader::Leadership;
 use crate::signature::{KeyBinding, Keyring, Verification};
+use backoff::Backoff;
+use expiry::ExpiryClock;
 use futures::StreamExt;
+use holders::HolderIndex;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self as kube_controller, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use metrics::Metrics;
 use naming::NameCheck;
-use observations::{FirstSeen, LeaseKey, Observations, lease_key};
+use observations::{FirstSeen, Observations, lease_key};
 use pod_reads::RecentPodReads;
 use serde_json::json;
 use staleness::{Facts, LeaseFacts, PodFacts, Reason, SignatureFacts, Verdict, judge};
@@ -57,6 +67,14 @@ const LEASE_SWEEP_EVERY: Duration = Duration::from_secs(5);
 const LEASE_SWEEP_GRACE: Duration = Duration::from_secs(5);
 /// Deadline of every API call the controller makes.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most reconciles in flight at once: bounds the controller's load on the API server at
+/// start-up, after a relist and after an outage.
+pub const CONCURRENCY: u16 = 8;
+/// How often heartbeat Leases are checked for possible expiry (per Lease, not per lock).
+const EXPIRY_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How long a reconcile that finds the caches not yet synced waits (plus a jitter of up
+/// to as much again), so start-up never reads what the first list is about to deliver.
+const UNSYNCED_RETRY: Duration = Duration::from_secs(1);
 
 /// Settings of the controller.
 #[derive(Clone, Debug)]
@@ -83,7 +101,6 @@ pub struct ControllerConfig {
 /// State shared by every reconcile.
 pub struct Context {
     client: kube::Client,
-    locks: Store<IssueLock>,
     leases: Store<Lease>,
     pods: Store<Pod>,
     observations: Observations,
@@ -102,6 +119,10 @@ pub struct Context {
     pod_reads: RecentPodReads,
     /// When this controller first saw each lock (by uid), on its monotonic clock.
     first_seen: FirstSeen,
+    /// Locks by holder Lease and holder pod.
+    holders: HolderIndex,
+    /// Consecutive reconcile failures per lock.
+    backoff: Backoff,
     /// Metrics of this process.
     pub metrics: Arc<Metrics>,
 }
@@ -124,29 +145,24 @@ impl Context {
         now.saturating_duration_since(self.first_seen.record(lock, now).0)
     }
 
-    /// Refreshes the gauges: leadership, locks held, and the largest time since a held
-    /// lock's holder Lease was last seen changing.
+    /// Refreshes the gauges: leadership, locks held and misnamed (counted by the index as
+    /// locks come and go), and the largest time since a held lock's holder Lease was last
+    /// seen changing (one look per Lease, not per lock).
     fn update_gauges(&self) {
         let m = &self.metrics;
         m.leader
             .store(self.leadership.is_leading() as i64, Ordering::Relaxed);
-        let locks = self.locks.state();
-        m.locks_held.store(locks.len() as i64, Ordering::Relaxed);
-        let misnamed = locks
-            .iter()
-            .filter(|l| NameCheck::of(&l.name_any(), &l.spec.issue).is_misnamed())
-            .count();
+        let (held, misnamed) = self.holders.counts();
+        m.locks_held.store(held as i64, Ordering::Relaxed);
         m.misnamed_locks.store(misnamed as i64, Ordering::Relaxed);
         let now = Instant::now();
-        let oldest = locks
+        let oldest = self
+            .holders
+            .leases()
             .iter()
-            .filter_map(|l| {
-                let key = (
-                    l.namespace().unwrap_or_default(),
-                    l.spec.holder.lease.clone(),
-                );
+            .filter_map(|key| {
                 self.observations
-                    .get(&key)
+                    .get(key)
                     .map(|seen| now.saturating_duration_since(seen.at))
             })
             .max()
@@ -200,7 +216,6 @@ pub async fn run(
     let (pod_reader, pod_writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        locks: lock_reader.clone(),
         leases: lease_reader.clone(),
         pods: pod_reader.clone(),
         observations: Observations::default(),
@@ -221,6 +236,8 @@ pub async fn run(
         watched_namespace: config.namespace.clone(),
         pod_reads: RecentPodReads::default(),
         first_seen: Default::default(),
+        holders: HolderIndex::default(),
+        backoff: Backoff::default(),
     });
     let gauge = ctx.clone();
     tokio::spawn(async move {
@@ -229,19 +246,24 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
+    // Locks due for a look by time or by a relist, beside the watch triggers.
+    let (due_tx, due_rx) = futures::channel::mpsc::unbounded::<ObjectRef<IssueLock>>();
+    tokio::spawn(watch_lease_expiry(ctx.clone(), due_tx.clone()));
 
     // Readiness: every cache has completed its first list.
     let synced = Synced::new(3, ready);
     let counted = ctx.clone();
     let lock_stream = watcher(lock_api, watcher::Config::default())
         .default_backoff()
+        .modify(drop_managed_fields)
         .reflect(lock_writer)
         .inspect(synced.tracker(0))
         .inspect(move |event| {
-            if let Ok(event) = event
-                && counted.first_seen.on_event(event, Instant::now())
-            {
-                counted.metrics.acquisitions.fetch_add(1, Ordering::Relaxed);
+            if let Ok(event) = event {
+                counted.holders.on_event(event);
+                if counted.first_seen.on_event(event, Instant::now()) {
+                    counted.metrics.acquisitions.fetch_add(1, Ordering::Relaxed);
+                }
             }
         })
         .touched_objects()
@@ -253,6 +275,7 @@ pub async fn run(
         watcher::Config::default().labels(&format!("{HEARTBEAT_LABEL}=true")),
     )
     .default_backoff()
+    .modify(drop_managed_fields)
     .reflect(lease_writer)
     .inspect(synced.tracker(1))
     .filter_map(move |event| {
@@ -273,33 +296,43 @@ pub async fn run(
         std::future::ready(out)
     });
 
+    let relisted = ctx.clone();
     let pod_stream = watcher(pod_api, watcher::Config::default())
         .default_backoff()
         .modify(trim_pod)
         .reflect(pod_writer)
         .inspect(synced.tracker(2))
+        .inspect(move |event| {
+            // A pod deleted during a watch gap sends no Delete event: after each relist,
+            // the locks of cached-namespace pods no longer there are looked at.
+            if let Ok(watcher::Event::InitDone) = event {
+                let ctx = &relisted;
+                let gone = ctx.holders.locks_of_pods_not_in(|(ns, name)| {
+                    !ctx.caches_pods_in(ns)
+                        || ctx.pods.get(&ObjectRef::new(name).within(ns)).is_some()
+                });
+                for lock in gone {
+                    let _ = due_tx.unbounded_send(lock);
+                }
+            }
+        })
         .touched_objects()
         .filter_map(retried_by_watcher);
 
     tokio::spawn(sweep_orphaned_leases(ctx.clone()));
 
-    let by_pod = lock_reader.clone();
-    let by_lease = lock_reader.clone();
+    let (by_pod, by_lease) = (ctx.clone(), ctx.clone());
     Controller::for_stream(lock_stream, lock_reader)
+        .with_config(kube_controller::Config::default().concurrency(CONCURRENCY))
         .watches_stream(pod_stream, move |pod: Pod| {
-            locks_held_from(&pod, &by_pod.state())
+            by_pod
+                .holders
+                .locks_of_pod(&(pod.namespace().unwrap_or_default(), pod.name_any()))
         })
         .watches_stream(lease_stream, move |lease: Lease| {
-            let (ns, name) = (lease.namespace().unwrap_or_default(), lease.name_any());
-            by_lease
-                .state()
-                .into_iter()
-                .filter(|l| {
-                    l.namespace().as_deref() == Some(ns.as_str()) && l.spec.holder.lease == name
-                })
-                .map(|l| ObjectRef::from_obj(&*l))
-                .collect::<Vec<_>>()
+            by_lease.holders.locks_of_lease(&lease_key(&lease))
         })
+        .reconcile_on(due_rx)
         .reconcile_all_on(leadership.elected())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -363,22 +396,10 @@ fn retried_by_watcher<K>(
     })
 }
 
-/// The locks whose holder runs in `pod`, in whatever namespace they are: the pod's own
-/// namespace is compared with each lock's recorded pod namespace (else its own).
-fn locks_held_from(pod: &Pod, locks: &[Arc<IssueLock>]) -> Vec<ObjectRef<IssueLock>> {
-    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-    locks
-        .iter()
-        .filter(|l| {
-            let lock_ns = l.namespace().unwrap_or_default();
-            l.spec
-                .holder
-                .pod
-                .as_ref()
-                .is_some_and(|p| p.name == name && p.namespace_or(&lock_ns) == ns)
-        })
-        .map(|l| ObjectRef::from_obj(&**l))
-        .collect()
+/// Drops what the controller never reads and would otherwise keep for every cached
+/// object: its managedFields.
+fn drop_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// Keeps only what [`judge`] needs of a Pod: metadata identity and phase.
@@ -409,16 +430,34 @@ impl ReconcileError {
     }
 }
 
+/// Retries a failed lock after its own exponential backoff: an overloaded API server
+/// gets fewer calls from the controller, never more, and nothing is reclaimed on evidence
+/// a failed call could not confirm.
 fn error_policy(lock: Arc<IssueLock>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(err.source.category());
-    tracing::warn!(lock = %lock.name_any(), namespace = ?lock.namespace(), error = %crate::error::Error::chain(&err.source), step = err.step, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(1))
+    let retry_in = ctx.backoff.failed(lock_key(&lock), backoff::seed());
+    tracing::warn!(lock = %lock.name_any(), namespace = ?lock.namespace(), error = %crate::error::Error::chain(&err.source), step = err.step, retry_in = ?retry_in, "reconcile failed; retrying");
+    Action::requeue(retry_in)
+}
+
+/// A lock's namespace and name.
+fn lock_key(lock: &IssueLock) -> (String, String) {
+    (lock.namespace().unwrap_or_default(), lock.name_any())
 }
 
 async fn reconcile(lock: Arc<IssueLock>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    if !ctx.ready.load(Ordering::Relaxed) {
+        // Judging before every cache has its first list would read directly what the
+        // list is about to deliver, for every lock at once. Not counted as a reconcile.
+        let jitter = UNSYNCED_RETRY.mul_f64((backoff::seed() % 1000) as f64 / 1000.0);
+        return Ok(Action::requeue(UNSYNCED_RETRY + jitter));
+    }
     let started = Instant::now();
     let result = reconcile_lock(&lock, &ctx).await;
     ctx.metrics.reconciled(started.elapsed());
+    if result.is_ok() {
+        ctx.backoff.succeeded(&lock_key(&lock));
+    }
     result
 }
 
@@ -467,9 +506,27 @@ async fn reconcile_lock(lock: &IssueLock, ctx: &Context) -> Result<Action, Recon
             reclaim(lock, &ns, reason, ctx).await?;
             Ok(Action::await_change())
         }
-        Verdict::Live { recheck_in } => {
+        Verdict::Live {
+            lease_left,
+            recheck_in,
+        } => {
             write_alive_status(lock, &ns, signature.as_ref(), ctx).await?;
-            Ok(Action::requeue(recheck_in + RECHECK_MARGIN))
+            // The Lease is watched per Lease (`watch_lease_expiry`). A pod the cache does
+            // not hold is read again about once per lease duration.
+            let pod_uncached = lock
+                .spec
+                .holder
+                .pod
+                .as_ref()
+                .is_some_and(|p| !ctx.caches_pods_in(p.namespace_or(&ns)));
+            let recheck_in = match pod_uncached {
+                true => Some(recheck_in.map_or(lease_left, |r| r.min(lease_left))),
+                false => recheck_in,
+            };
+            Ok(match recheck_in {
+                Some(t) => Action::requeue(t + RECHECK_MARGIN),
+                None => Action::await_change(),
+            })
         }
     }
 }
@@ -639,7 +696,9 @@ async fn reclaim(
     Ok(())
 }
 
-/// Writes `HolderAlive=True` and `lastHeartbeatObserved` when they changed noticeably.
+/// Writes `HolderAlive=True` (with `lastHeartbeatObserved`, the heartbeat observed at that
+/// moment), `NameMatchesIssue` and `SignatureValid` when a condition changed: on
+/// transitions only, never because time passed.
 async fn write_alive_status(
     lock: &IssueLock,
     ns: &str,
@@ -679,11 +738,7 @@ async fn write_alive_status(
     if newly_misnamed {
         report_misnamed(lock, ns, &naming, ctx).await;
     }
-    let heartbeat_current = status
-        .last_heartbeat_observed
-        .as_ref()
-        .is_some_and(|r| observed.duration_since(r.0).abs() < SignedDuration::from_secs(5));
-    if conditions_current && heartbeat_current {
+    if conditions_current {
         return Ok(());
     }
     let conditions: Vec<Condition> = wanted
@@ -744,6 +799,34 @@ async fn report_misnamed(lock: &IssueLock, ns: &str, naming: &NameCheck, ctx: &C
     }
 }
 
+/// Triggers the locks of each heartbeat Lease that could have expired (unchanged for its
+/// duration on our clock) or is not observed at all, once per such state. One check per
+/// Lease some lock names: renewals cost nothing per lock.
+async fn watch_lease_expiry(
+    ctx: Arc<Context>,
+    due: futures::channel::mpsc::UnboundedSender<ObjectRef<IssueLock>>,
+) {
+    let mut clock = ExpiryClock::default();
+    loop {
+        tokio::time::sleep(EXPIRY_CHECK_EVERY).await;
+        if !ctx.ready.load(Ordering::Relaxed) {
+            continue;
+        }
+        let leases = clock.due(
+            ctx.holders.leases(),
+            |key| ctx.observations.get(key),
+            Instant::now(),
+        );
+        for lease in leases {
+            for lock in ctx.holders.locks_of_lease(&lease) {
+                if due.unbounded_send(lock).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Deletes heartbeat Leases that expired (by our observation) and that no lock references.
 async fn sweep_orphaned_leases(ctx: Arc<Context>) {
     loop {
@@ -752,16 +835,6 @@ async fn sweep_orphaned_leases(ctx: Arc<Context>) {
             continue;
         }
         let now = Instant::now();
-        // Leases some lock still names, computed once per sweep.
-        let referenced: std::collections::HashSet<LeaseKey> = ctx
-            .locks
-            .state()
-            .iter()
-            .filter_map(|l| {
-                let lease = l.labels().get(HOLDER_LEASE_LABEL)?;
-                Some((l.namespace().unwrap_or_default(), lease.clone()))
-            })
-            .collect();
         for lease in ctx.leases.state() {
             let key = lease_key(&lease);
             let Some(seen) = ctx.observations.get(&key) else {
@@ -770,7 +843,7 @@ async fn sweep_orphaned_leases(ctx: Arc<Context>) {
             if now.saturating_duration_since(seen.at) < seen.longest_duration + LEASE_SWEEP_GRACE {
                 continue;
             }
-            if referenced.contains(&key) {
+            if ctx.holders.is_referenced(&key) {
                 continue;
             }
             let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &key.0);
@@ -796,62 +869,5 @@ async fn sweep_orphaned_leases(ctx: Arc<Context>) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crd::{Holder, HolderPod, IssueLockSpec};
-
-    fn lock(ns: &str, name: &str, pod: &str, pod_ns: Option<&str>) -> Arc<IssueLock> {
-        let mut lock = IssueLock::new(
-            name,
-            IssueLockSpec {
-                issue: name.into(),
-                holder: Holder {
-                    identity: pod.into(),
-                    pod: Some(HolderPod {
-                        name: pod.into(),
-                        uid: "u".into(),
-                        namespace: pod_ns.map(str::to_owned),
-                    }),
-                    lease: "l".into(),
-                    user: None,
-                },
-                max_hold_seconds: None,
-                signature: None,
-            },
-        );
-        lock.metadata.namespace = Some(ns.into());
-        Arc::new(lock)
-    }
-
-    #[test]
-    fn a_pod_event_concerns_the_locks_held_from_it_in_any_namespace() {
-        let locks = [
-            lock("workers", "in-ci", "w", Some("ci")),
-            lock("workers", "local-recorded", "w", Some("workers")),
-            lock("workers", "local-old", "w", None),
-            lock("other", "in-ci-too", "w", Some("ci")),
-            lock("workers", "another-pod", "v", Some("ci")),
-        ];
-        let pod = |ns: &str| {
-            let mut p = Pod::default();
-            p.metadata.name = Some("w".into());
-            p.metadata.namespace = Some(ns.into());
-            p
-        };
-        let names = |ns: &str| {
-            let mut v: Vec<_> = locks_held_from(&pod(ns), &locks)
-                .into_iter()
-                .map(|r| r.name)
-                .collect();
-            v.sort();
-            v
-        };
-        assert_eq!(names("ci"), ["in-ci", "in-ci-too"]);
-        assert_eq!(names("workers"), ["local-old", "local-recorded"]);
-        assert!(names("other").is_empty());
     }
 }

@@ -184,10 +184,14 @@ pub struct Facts {
 pub enum Verdict {
     /// Reclaim it.
     Stale(Reason),
-    /// Keep it; it cannot become stale by time alone sooner than `recheck_in`.
+    /// Keep it. It cannot become stale by time alone sooner than `lease_left` (its Lease
+    /// expiring, which the controller watches per Lease) or `recheck_in` (its max hold
+    /// time or unknown-key grace running out, which only a recheck of the lock notices).
     Live {
-        /// When to look again.
-        recheck_in: Duration,
+        /// Time until the Lease could expire, unless it changes.
+        lease_left: Duration,
+        /// When to look at this lock again for its own timers, if it has any.
+        recheck_in: Option<Duration>,
     },
 }
 
@@ -248,10 +252,8 @@ pub fn judge(facts: &Facts) -> Verdict {
         SignatureFacts::Accepted | SignatureFacts::Rejected => None,
     };
     Verdict::Live {
-        recheck_in: [hold_left, key_left]
-            .into_iter()
-            .flatten()
-            .fold(lease_left, Duration::min),
+        lease_left,
+        recheck_in: [hold_left, key_left].into_iter().flatten().min(),
     }
 }
 
@@ -279,8 +281,14 @@ mod tests {
     }
 
     #[test]
-    fn a_live_lock_is_rechecked_when_its_lease_could_expire() {
-        assert_eq!(judge(&live()), Verdict::Live { recheck_in: S(12) });
+    fn a_live_lock_without_timers_waits_for_its_lease() {
+        assert_eq!(
+            judge(&live()),
+            Verdict::Live {
+                lease_left: S(12),
+                recheck_in: None
+            }
+        );
     }
 
     #[test]
@@ -329,7 +337,8 @@ mod tests {
         assert_eq!(
             judge(&f),
             Verdict::Live {
-                recheck_in: Duration::from_millis(1)
+                lease_left: Duration::from_millis(1),
+                recheck_in: None
             }
         );
         f.lease = LeaseFacts::Present {
@@ -349,7 +358,8 @@ mod tests {
         assert_eq!(
             judge(&f),
             Verdict::Live {
-                recheck_in: Duration::from_millis(500)
+                lease_left: S(12),
+                recheck_in: Some(Duration::from_millis(500))
             }
         );
         f.age = Some(Duration::from_millis(60_500));
@@ -370,11 +380,22 @@ mod tests {
         let mut f = live();
         f.signature = SignatureFacts::UnknownKey { grace: S(120) };
         f.age = Some(S(100));
-        // Rechecked when the Lease could expire (sooner than the grace's end) ...
-        assert_eq!(judge(&f), Verdict::Live { recheck_in: S(12) });
+        // Rechecked at the grace's end (the Lease is watched on its own).
+        assert_eq!(
+            judge(&f),
+            Verdict::Live {
+                lease_left: S(12),
+                recheck_in: Some(S(20))
+            }
+        );
         f.age = Some(S(117));
-        // ... or at the grace's end, whichever comes first.
-        assert_eq!(judge(&f), Verdict::Live { recheck_in: S(3) });
+        assert_eq!(
+            judge(&f),
+            Verdict::Live {
+                lease_left: S(12),
+                recheck_in: Some(S(3))
+            }
+        );
         f.age = Some(S(120));
         assert_eq!(judge(&f), Verdict::Stale(Reason::SignatureKeyUnknown));
         // Dead holder evidence still wins during the grace.

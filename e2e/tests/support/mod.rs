@@ -792,3 +792,133 @@ pub async fn locks_in(client: &kube::Client, ns: &str) -> Vec<issuelock::IssueLo
     let api: Api<issuelock::IssueLock> = Api::namespaced(client.clone(), ns);
     api.list(&Default::default()).await.unwrap().items
 }
+
+/// An HTTP proxy on 127.0.0.1 that forwards to the API server (through a `kubectl proxy`
+/// holding the admin credentials) or, once told to, answers every new request with an
+/// error status, as an overloaded API server does. Counts the requests it refused.
+pub struct FaultProxy {
+    pub port: u16,
+    failing: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    refused: std::sync::Arc<AtomicUsize>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+    kubectl_proxy: std::process::Child,
+}
+
+impl FaultProxy {
+    pub async fn start() -> Self {
+        use std::os::unix::process::CommandExt;
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = free_port();
+        let kubectl_proxy = Command::new("kubectl")
+            .args(["--kubeconfig", kubeconfig().to_str().unwrap()])
+            .args([
+                "proxy",
+                "--address=127.0.0.1",
+                &format!("--port={upstream}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        eventually(
+            Duration::from_secs(20),
+            "kubectl proxy listening",
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(0));
+        let refused = std::sync::Arc::new(AtomicUsize::new(0));
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            Default::default();
+        let (failing2, refused2, conns2) = (failing.clone(), refused.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let code = failing2.load(SeqCst);
+                let refused = refused2.clone();
+                let task = tokio::spawn(async move {
+                    if code == 0 {
+                        if let Ok(mut out) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                        {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                        return;
+                    }
+                    // Read the request head, answer with a Status, close.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match inbound.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    refused.fetch_add(1, SeqCst);
+                    let body = format!(
+                        r#"{{"kind":"Status","apiVersion":"v1","status":"Failure","message":"injected by the test proxy","code":{code}}}"#
+                    );
+                    let reply = format!(
+                        "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = inbound.write_all(reply.as_bytes()).await;
+                    let _ = inbound.shutdown().await;
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            port,
+            failing,
+            refused,
+            conns,
+            accept,
+            kubectl_proxy,
+        }
+    }
+
+    /// A kubeconfig (no credentials: the proxy adds the admin's) that goes through it.
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> PathBuf {
+        let doc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "proxy", "cluster": {"server": format!("http://127.0.0.1:{}", self.port)}}],
+            "users": [{"name": "proxy", "user": {}}],
+            "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}],
+            "current-context": "proxy"
+        });
+        let path = dir.join("fault-proxy-kubeconfig");
+        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        path
+    }
+
+    /// Cuts every open connection; from now on each request gets `code` (0: forward).
+    pub fn answer(&self, code: u16) {
+        self.failing
+            .store(code, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Requests answered with an error so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.answer(0);
+        self.accept.abort();
+        kill_group_and_reap(&mut self.kubectl_proxy);
+    }
+}
