@@ -33,6 +33,7 @@ bash "$here/node.sh" import "$dir/node" "$controller_image" "$worker_image"
 in_node() { nsenter --net="$ISSUELOCK_NODE_NETNS" "$@"; }
 k() { in_node kubectl "$@"; }
 
+k create namespace workers >/dev/null
 say "helm install issuelock charts/issuelock -n issuelock-system (image $(basename "$controller_image"))"
 in_node helm install issuelock charts/issuelock -n issuelock-system --create-namespace \
   --set 'workers[0].namespace=workers,workers[0].serviceAccount=issue-worker' \
@@ -45,28 +46,32 @@ done_dir="$dir/node/done"
 mkdir -p "$done_dir" && chown 65532:65532 "$done_dir"
 issues=""
 for i in $(seq 1 "$ISSUES"); do issues+="    acme/webshop#$i"$'\n'; done
-k create namespace workers >/dev/null
 python3 - examples/worker/worker.yaml "$done_dir" "$REPLICAS" "$issues" >"$dir/worker.yaml" <<'PY'
 import re, sys
 manifest, done, replicas, issues = sys.argv[1:5]
 y = open(manifest).read().replace("/var/tmp/issuelock-example-done", done)
 y = re.sub(r"(  issues: \|\n)(    .*\n)+", lambda m: m.group(1) + issues, y)
 y = y.replace("  replicas: 3\n", f"  replicas: {replicas}\n")
+# Longer holds than the example's, so that the demo catches a worker holding a lock.
+y = y.replace('value: "2"  # WORK_SECONDS', 'value: "3"  # WORK_SECONDS')
 sys.stdout.write(y)
 PY
 k apply -n workers -f "$dir/worker.yaml" >/dev/null
 k rollout status deployment/issue-worker -n workers --timeout=180s >/dev/null
 k get pods -n workers -o wide
 
-# A snapshot while workers hold locks, then freeze and delete the pod holding one.
-snapshot=""
-for _ in $(seq 300); do
-  out="$(k get issuelocks -n workers 2>/dev/null || true)"
-  if grep -q issue-worker <<<"$out"; then snapshot="$out"; break; fi
-  sleep 0.1
+# A snapshot while workers hold locks, then the pod holding one loses its node.
+snapshot="" victim="" victim_issue=""
+for _ in $(seq 600); do
+  held="$(k get issuelocks -n workers -o jsonpath='{range .items[*]}{.spec.holder.identity} {.spec.issue}{"\n"}{end}' 2>/dev/null | head -n1 || true)"
+  if [[ -n "$held" ]]; then
+    snapshot="$(k get issuelocks -n workers 2>/dev/null || true)"
+    read -r victim victim_issue <<<"$held"
+    break
+  fi
+  sleep 0.05
 done
-victim="$(k get issuelocks -n workers -o jsonpath='{.items[0].spec.holder.identity}' 2>/dev/null || true)"
-victim_issue="$(k get issuelocks -n workers -o jsonpath='{.items[0].spec.issue}' 2>/dev/null || true)"
+[[ -n "$victim" ]] || { echo "FAILED: no worker was seen holding a lock" >&2; exit 1; }
 if [[ -n "$victim" ]]; then
   # The node goes dark (kubelet stopped) and the pod is force-deleted: the worker process
   # still runs and heartbeats, only its pod is gone, and the controller must notice.
@@ -95,7 +100,7 @@ say "kubectl get issuelocks -n workers (taken while workers held locks)"
 printf '%s\n' "${snapshot:-<no snapshot: the run finished too quickly>}"
 
 say "reclaims (kubectl get events -n workers)"
-k get events -n workers --field-selector type=Warning -o custom-columns=REASON:.reason,OBJECT:.involvedObject.name,REPORTED-BY:.reportingInstance,MESSAGE:.message
+k get events -n workers --field-selector type=Warning,involvedObject.kind=IssueLock -o custom-columns=REASON:.reason,OBJECT:.involvedObject.name,REPORTED-BY:.reportingInstance,MESSAGE:.message
 
 say "summary"
 for i in $(seq 1 "$ISSUES"); do
@@ -110,8 +115,10 @@ skips="$(k logs -n workers -l app.kubernetes.io/name=issue-worker --tail=-1 2>/d
 echo "  $skips acquire attempts (in the surviving pods' logs) found the issue held by another worker"
 left="$(k get issuelocks -n workers -o name | wc -l)"
 echo "  locks left after the run: $left"
+reclaims="$(k get events -n workers --field-selector reason=HolderPodDeleted -o name | wc -l)"
+echo "  locks reclaimed because their holder's pod was deleted: $reclaims"
 if (( bad )) || (( left != 0 )); then
   echo "FAILED: every issue must be processed exactly once and every lock released" >&2
   exit 1
 fi
-echo "OK: all $ISSUES issues processed exactly once by $REPLICAS worker pods, one of them deleted while holding a lock"
+echo "OK: all $ISSUES issues processed exactly once by $REPLICAS worker pods; $victim was deleted while it held $victim_issue"

@@ -306,7 +306,8 @@ down() {
   [[ -n "$ns" && -e "/run/netns/$ns" ]] && mapfile -t netns_of_pods < <(pod_netns "$ns")
 
   # Pods first, through the kubelet, so containerd tears their sandboxes down properly.
-  if [[ -n "$ns" && -e "/run/netns/$ns" && -f "$DIR/kubelet.pid" && -f "$DIR/cp/kubeconfig" && -n "$bin" ]]; then
+  if [[ -n "$ns" && -e "/run/netns/$ns" && -f "$DIR/cp/kubeconfig" && -n "$bin" ]] &&
+    [[ -f "$DIR/kubelet.pid" ]] && kill -0 "$(cat "$DIR/kubelet.pid")" 2>/dev/null; then
     local k=(in_ns "$bin/kubectl" --kubeconfig "$DIR/cp/kubeconfig" --request-timeout=10s)
     "${k[@]}" delete deployments,replicasets,statefulsets,daemonsets,jobs --all -A --wait=false >/dev/null 2>&1 || true
     "${k[@]}" delete pods --all -A --grace-period=1 --wait=false >/dev/null 2>&1 || true
