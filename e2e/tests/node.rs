@@ -539,10 +539,21 @@ async fn the_user_story_runs_in_pods() {
     ]);
     let deleted = Instant::now();
     let gone = wait_gone(&client, &work, issue, Duration::from_secs(30)).await;
-    wait_event(&client, &work, "HolderPodDeleted").await;
-    drop(kubelet);
     let took = gone.duration_since(deleted);
-    eprintln!("holder pod deleted: lock reclaimed after {took:?}");
+    // Two mechanisms race, both by design: the controller reclaims on pod evidence (an
+    // Event), the garbage collector follows the ownerReferences lock → Lease → pod.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let by = if event_reasons(&client, &work)
+        .await
+        .iter()
+        .any(|r| r == "HolderPodDeleted")
+    {
+        "the controller (Event HolderPodDeleted)"
+    } else {
+        "the garbage collector (ownerReferences lock → Lease → pod)"
+    };
+    drop(kubelet);
+    eprintln!("holder pod force-deleted: lock removed by {by} after {took:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
 
     // === the leading controller pod deleted: the standby takes over ===
@@ -579,7 +590,7 @@ async fn the_user_story_runs_in_pods() {
         took > Duration::from_secs(2),
         "reclaimed on Lease expiry, not before: {took:?}"
     );
-    wait_event(&client, &work, "HolderLeaseExpired").await;
+    wait_reclaim_event(&client, &work, "HolderLeaseExpired").await;
     let reporter = events(&client, &work)
         .await
         .into_iter()
@@ -612,6 +623,24 @@ async fn the_user_story_runs_in_pods() {
         "120s",
     ]);
     kubectl_ok(&["delete", "namespace", &work, &sys, "--wait=false"]);
+}
+
+/// Waits (30 s at most: the node and the machine are busy) for an Event with `reason` in
+/// `ns`, naming the reasons seen if it does not come.
+async fn wait_reclaim_event(client: &kube::Client, ns: &str, reason: &str) {
+    let limit = Duration::from_secs(30);
+    let start = Instant::now();
+    loop {
+        let reasons = event_reasons(client, ns).await;
+        if reasons.iter().any(|r| r == reason) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no {reason} Event within {limit:?}; Events seen: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The node's kubelet, stopped (SIGSTOP) until dropped.
