@@ -1,5 +1,7 @@
 # A small static controller image running as non-root. Build with:
 #   docker build -t ghcr.io/issuelock/issuelock:0.1.0 .
+# Without Docker, `make image` (e2e/image.sh) builds the same layout as an OCI archive:
+# one static binary /issuelock, user 65532:65532, entrypoint /issuelock, command controller.
 FROM rust:1.95-alpine AS build
 RUN apk add --no-cache musl-dev gcc
 WORKDIR /src

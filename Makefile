@@ -9,11 +9,15 @@ help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: demo
-demo: ## Start a throwaway control plane, race workers over issues, show the locks, tear down.
+demo: ## The story in pods: single-node cluster, controller via Helm, worker pods racing, one killed (root).
 	bash e2e/demo.sh
 
+.PHONY: demo-processes
+demo-processes: ## The same story with host processes on a throwaway control plane (no root needed).
+	bash e2e/demo-processes.sh
+
 .PHONY: test
-test: fmt-check clippy test-unit test-python test-e2e ## Everything CI runs: fmt, clippy, unit, Python and end-to-end tests.
+test: fmt-check clippy test-unit test-python test-e2e test-node ## Everything CI runs: fmt, clippy, unit, Python, end-to-end and node tests.
 
 .PHONY: fmt-check
 fmt-check: ## Check formatting.
@@ -35,6 +39,14 @@ test-python: ## The Python reference worker's tests (lock-name vectors); creates
 test-e2e: ## End-to-end tests on a local control plane (or $$ISSUELOCK_E2E_KUBECONFIG's cluster).
 	bash e2e/run.sh
 
+.PHONY: test-node
+test-node: ## The user's story in real pods on a single-node cluster in its own network namespace (root).
+	bash e2e/run-node.sh
+
+.PHONY: image
+image: ## Build the controller image (OCI archive, no Docker); prints the archive's path last.
+	@bash e2e/image.sh controller
+
 .PHONY: bench
 bench: ## Print acquire/release latency percentiles and throughput vs raw API calls.
 	bash e2e/bench.sh
@@ -48,7 +60,7 @@ bench-scale: ## Print the controller's cost at 1k/10k held locks (RSS, CPU, API 
 	bash e2e/bench-scale.sh
 
 .PHONY: assets
-assets: ## Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kubectl, helm.
+assets: ## Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kubectl, helm, kubelet, kube-scheduler, kube-proxy.
 	bash e2e/assets.sh
 
 .PHONY: crds

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Obtain the control-plane binaries the e2e suite and `make demo` need:
-#   etcd, kube-apiserver, kube-controller-manager, kubectl (same version), helm.
+# Obtain the cluster binaries the e2e suite and `make demo` need:
+#   etcd, kube-apiserver, kube-controller-manager, kubectl (same version), helm, and for
+#   the node tier (e2e/node.sh) kubelet, kube-scheduler and kube-proxy (same version).
 #
 # Sources, in order:
 #   1. $KUBEBUILDER_ASSETS (a directory with etcd, kube-apiserver, kubectl), when set;
@@ -17,6 +18,8 @@ HELM_VERSION="${ISSUELOCK_HELM_VERSION:-v3.22.0}"
 CACHE="${ISSUELOCK_CACHE:-$HOME/.cache/issuelock}"
 OUT="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 SRC="$CACHE/src"
+# Built together from k8s.io/kubernetes; the last three run the node tier's single node.
+KUBE_CMDS=(kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy)
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod GOPROXY="${GOPROXY:-https://proxy.golang.org}"
 
@@ -81,18 +84,19 @@ print("-go=" + d["Go"])
     sed -n 's/^godebug[[:space:]]\{1,\}\([^[:space:]]*\)[[:space:]]*$/-godebug=\1/p' "$gomod" | sort -u | xargs -r go mod edit
     go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
     log "kubernetes: $(grep -c '=>' go.mod) replace directives generated from its go.mod"
-    go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" \
-           "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION" \
-           "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION" >&2
+    local c
+    for c in "${KUBE_CMDS[@]}"; do echo "k8s.io/kubernetes/cmd/$c@$K8S_VERSION"; done | xargs go get >&2
   )
   local ld="" pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  (cd "$dir" && with_progress "kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (cold: tens of minutes)" \
-    go build -trimpath -ldflags="-s -w$ld" -o "$OUT/" \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
+  # One `go build` for every missing command: they share most packages.
+  local missing=() c
+  for c in "${KUBE_CMDS[@]}"; do [[ -x "$OUT/$c" ]] || missing+=("k8s.io/kubernetes/cmd/$c"); done
+  (cd "$dir" && with_progress "${missing[*]##*/} $K8S_VERSION (cold: tens of minutes)" \
+    go build -trimpath -ldflags="-s -w$ld" -o "$OUT/" "${missing[@]}")
 }
 
 build_etcd() {
@@ -125,14 +129,16 @@ build_helm() {
 for b in etcd kube-apiserver kubectl; do link_from_assets "$b"; done
 
 if [[ ! -x "$OUT/etcd" ]]; then build_etcd; else log "etcd: cached"; fi
-if [[ ! -x "$OUT/kube-apiserver" || ! -x "$OUT/kube-controller-manager" || ! -x "$OUT/kubectl" ]]; then
+kube_missing=0
+for c in "${KUBE_CMDS[@]}"; do [[ -x "$OUT/$c" ]] || kube_missing=1; done
+if (( kube_missing )); then
   build_kubernetes
 else
-  log "kube-apiserver, kube-controller-manager, kubectl: cached"
+  log "${KUBE_CMDS[*]}: cached"
 fi
 if [[ ! -x "$OUT/helm" ]]; then build_helm; else log "helm: cached"; fi
 
-for b in etcd kube-apiserver kube-controller-manager kubectl helm; do
+for b in etcd "${KUBE_CMDS[@]}" helm; do
   [[ -x "$OUT/$b" ]] || die "$b is missing from $OUT"
 done
 log "all binaries ready in $OUT"

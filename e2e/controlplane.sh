@@ -8,6 +8,13 @@
 #
 # DIR/env exports KUBECONFIG and puts the matching kubectl and helm on PATH.
 # Everything listens on 127.0.0.1 only; the service range 10.0.0.0/24 is fake.
+#
+# With ISSUELOCK_NODE_IP set (e2e/node.sh does, inside the network namespace it created)
+# the control plane serves a real node instead: the API server listens on every address
+# of that namespace and advertises the node IP (the `kubernetes` Service's endpoint), its
+# certificate also names 10.0.0.1 and kubernetes.default.svc, the ServiceAccount admission
+# plugin mounts tokens into pods, it can reach the kubelet with a client certificate, and
+# kube-controller-manager runs all its controllers (Deployments, ReplicaSets, ...).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -19,7 +26,8 @@ free_port() {
 }
 
 gen_certs() {
-  local d="$1/pki"
+  local d="$1/pki" sans="IP:127.0.0.1,DNS:localhost"
+  [[ -n "${ISSUELOCK_NODE_IP:-}" ]] && sans+=",IP:$ISSUELOCK_NODE_IP,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   mkdir -p "$d"
   (
     cd "$d"
@@ -27,7 +35,7 @@ gen_certs() {
       -subj "/CN=issuelock-test-ca" -addext "basicConstraints=critical,CA:TRUE" \
       -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=kube-apiserver" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n' > server.ext
+    printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n' "$sans" > server.ext
     openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=issuelock-admin" 2>/dev/null
     printf 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n' > client.ext
@@ -86,24 +94,32 @@ up() {
     --initial-cluster="issuelock=http://127.0.0.1:$peer_port" --log-level=warn \
     >"$dir/etcd.log" 2>&1 &
   echo $! > "$dir/etcd.pid"
+  local node_flags=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none
+    --disable-admission-plugins=ServiceAccount)
+  local controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token
+  if [[ -n "${ISSUELOCK_NODE_IP:-}" ]]; then
+    node_flags=(--bind-address=0.0.0.0 --advertise-address="$ISSUELOCK_NODE_IP"
+      --kubelet-client-certificate="$dir/pki/admin.crt" --kubelet-client-key="$dir/pki/admin.key"
+      --kubelet-preferred-address-types=InternalIP)
+    controllers='*'
+  fi
   log "kube-apiserver on https://127.0.0.1:$api_port"
   "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
-    --endpoint-reconciler-type=none \
+    --secure-port="$api_port" "${node_flags[@]}" \
     --tls-cert-file="$dir/pki/server.crt" --tls-private-key-file="$dir/pki/server.key" \
     --client-ca-file="$dir/pki/ca.crt" \
     --service-account-issuer=https://127.0.0.1:"$api_port" \
     --service-account-key-file="$dir/pki/sa.pub" --service-account-signing-key-file="$dir/pki/sa.key" \
     --service-cluster-ip-range=10.0.0.0/24 \
-    --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount \
+    --authorization-mode=RBAC \
     --allow-privileged=false --profiling=false --v=0 \
     >"$dir/kube-apiserver.log" 2>&1 &
   echo $! > "$dir/kube-apiserver.pid"
   write_kubeconfig "$dir" "$api_port"
   wait_ready kube-apiserver "https://127.0.0.1:$api_port/readyz" "$dir"
-  log "kube-controller-manager (garbage collector, namespace, service accounts)"
+  log "kube-controller-manager (controllers: $controllers)"
   "$bin/kube-controller-manager" --kubeconfig="$dir/kubeconfig" --leader-elect=false --secure-port=0 \
-    --controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token \
+    --controllers="$controllers" \
     --service-account-private-key-file="$dir/pki/sa.key" --root-ca-file="$dir/pki/ca.crt" \
     --use-service-account-credentials=false --v=0 \
     >"$dir/kube-controller-manager.log" 2>&1 &

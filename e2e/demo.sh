@@ -1,137 +1,124 @@
 #!/usr/bin/env bash
-# `make demo`: a throwaway control plane, the IssueLock CRD, the reclaiming controller,
-# and several worker processes racing over a set of issues with `issuelock run`. One
-# worker is SIGKILLed while it holds a lock; the controller reclaims that lock after the
-# lease duration and another worker finishes the issue. Each issue must be processed
-# exactly once. Prints a `kubectl get issuelocks` snapshot taken while locks are held, the
-# reclaim events, a summary, and tears everything down.
+# `make demo`: the user's story in real pods. A throwaway single-node cluster sealed in a
+# network namespace (e2e/node.sh; needs root), the controller image and the example worker
+# image built without Docker (e2e/image.sh), the controller installed with Helm, the
+# example worker Deployment (examples/worker/worker.yaml) racing over issues with
+# `issuelock run`. While one worker pod holds a lock its node goes dark (the kubelet is
+# stopped) and the pod is force-deleted; the controller reclaims the lock at once and
+# another worker finishes the issue. Each issue must be processed exactly once. Prints the pods, a `kubectl get
+# issuelocks` snapshot taken while locks are held, the reclaim Events and a summary, and
+# tears everything down. Without root: `make demo-processes`.
 set -euo pipefail
-set -m  # each background job gets its own process group, so a worker can be killed whole
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/issuelock/target}"
-
-WORKERS="${DEMO_WORKERS:-4}"
+here=e2e
 ISSUES="${DEMO_ISSUES:-12}"
+REPLICAS="${DEMO_WORKERS:-3}"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+(( EUID == 0 )) || { echo "make demo starts a node and needs root; without root run: make demo-processes" >&2; exit 1; }
+
+say "building the controller and example worker images (no Docker)"
+controller_image="$(bash "$here/image.sh" controller | tail -n1)"
+worker_image="$(bash "$here/image.sh" worker | tail -n1)"
+cargo build --quiet
+bin="${CARGO_TARGET_DIR:-$HOME/.cache/issuelock/target}/debug/issuelock"
 
 dir="$(mktemp -d "${TMPDIR:-/tmp}/issuelock-demo.XXXXXX")"
-cleanup() {
-  jobs -p | xargs -r kill 2>/dev/null || true
-  bash e2e/controlplane.sh down "$dir/cp" >/dev/null 2>&1 || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+trap 'bash "$here/node.sh" down "$dir/node" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
 
-say "building issuelock"
-cargo build --quiet
-bin="$CARGO_TARGET_DIR/debug/issuelock"
-
-say "starting a local control plane (etcd + kube-apiserver on 127.0.0.1)"
-bash e2e/controlplane.sh up "$dir/cp"
+say "starting a single-node cluster in its own network namespace (no route out)"
+bash "$here/node.sh" up "$dir/node"
 # shellcheck disable=SC1091
-source "$dir/cp/env"
+source "$dir/node/env"
+bash "$here/node.sh" import "$dir/node" "$controller_image" "$worker_image"
+in_node() { nsenter --net="$ISSUELOCK_NODE_NETNS" "$@"; }
+k() { in_node kubectl "$@"; }
 
-say "installing the IssueLock CRD"
-"$bin" crd | kubectl apply -f -
-kubectl wait --for=condition=Established --timeout=60s crd/issuelocks.issuelock.dev >/dev/null
-kubectl create namespace demo >/dev/null
+k create namespace workers >/dev/null
+say "helm install issuelock charts/issuelock -n issuelock-system (image $(basename "$controller_image"))"
+in_node helm install issuelock charts/issuelock -n issuelock-system --create-namespace \
+  --set 'workers[0].namespace=workers,workers[0].serviceAccount=issue-worker' \
+  --set image.pullPolicy=Never --wait --timeout 240s >/dev/null
+k get pods -n issuelock-system -o wide
+echo "leader: $(k get lease issuelock-controller -n issuelock-system -o jsonpath='{.spec.holderIdentity}')"
 
-mkdir -p "$dir/done" "$dir/logs"
-# The work: skip an issue someone already finished, otherwise "process" it for a moment
-# and record who did. Runs only while `issuelock run` holds the issue's lock.
-cat > "$dir/work.sh" <<'WORK'
-#!/usr/bin/env bash
-done_file="$DONE_DIR/$ISSUELOCK_LOCK_NAME"
-[[ -e "$done_file" ]] && exit 0
-sleep 1.$((RANDOM % 9))
-echo "$WORKER token=$ISSUELOCK_FENCING_TOKEN" >> "$done_file"
-WORK
-chmod +x "$dir/work.sh"
+say "the example worker Deployment: $REPLICAS pods racing over $ISSUES issues"
+done_dir="$dir/node/done"
+mkdir -p "$done_dir" && chown 65532:65532 "$done_dir"
+issues=""
+for i in $(seq 1 "$ISSUES"); do issues+="    acme/webshop#$i"$'\n'; done
+python3 - examples/worker/worker.yaml "$done_dir" "$REPLICAS" "$issues" >"$dir/worker.yaml" <<'PY'
+import re, sys
+manifest, done, replicas, issues = sys.argv[1:5]
+y = open(manifest).read().replace("/var/tmp/issuelock-example-done", done)
+y = re.sub(r"(  issues: \|\n)(    .*\n)+", lambda m: m.group(1) + issues, y)
+y = y.replace("  replicas: 3\n", f"  replicas: {replicas}\n")
+# Longer holds than the example's, so that the demo catches a worker holding a lock.
+y = y.replace('value: "2"  # WORK_SECONDS', 'value: "3"  # WORK_SECONDS')
+sys.stdout.write(y)
+PY
+k apply -n workers -f "$dir/worker.yaml" >/dev/null
+k rollout status deployment/issue-worker -n workers --timeout=180s >/dev/null
+k get pods -n workers -o wide
 
-issue_list=()
-for i in $(seq 1 "$ISSUES"); do issue_list+=("acme/webshop#$i"); done
-
-# Fast heartbeats so the demo's reclaim takes seconds: lease 6 s, deadline 4 s, renew 1 s.
-HEARTBEAT=(--lease-duration-seconds 6 --renew-deadline-seconds 4 --renew-interval-seconds 1)
-
-worker() {
-  local w="$1" key name deadline=$((SECONDS + 90))
-  while (( SECONDS < deadline )); do
-    local pending=0
-    for key in $(printf '%s\n' "${issue_list[@]}" | shuf); do
-      name="$("$bin" lock-name "$key")"
-      [[ -e "$dir/done/$name" ]] && continue
-      set +e
-      WORKER="worker-$w" DONE_DIR="$dir/done" "$bin" run -n demo --identity "worker-$w" "${HEARTBEAT[@]}" --issue "$key" -- "$dir/work.sh" \
-        2>>"$dir/logs/worker-$w.log"
-      rc=$?
-      set -e
-      case $rc in
-        0) ;;
-        75) pending=1; echo "worker-$w: $key is held by someone else, skipping for now" >>"$dir/logs/worker-$w.log" ;;
-        *) pending=1; echo "worker-$w: $key failed with $rc" >>"$dir/logs/worker-$w.log" ;;
-      esac
-    done
-    (( pending )) || return 0
-    sleep 0.5
-  done
-}
-
-say "starting the controller"
-"$bin" controller -n demo --http-addr 127.0.0.1:0 2>"$dir/logs/controller.log" &
-controller_pid=$!
-
-say "starting $WORKERS worker processes racing over $ISSUES issues"
-pids=()
-for w in $(seq 1 "$WORKERS"); do worker "$w" & pids+=($!); done
-
-# Snapshot while locks are held, once the controller has marked holders alive.
-snapshot=""
-for _ in $(seq 100); do
-  out="$(kubectl get issuelocks -n demo 2>/dev/null || true)"
-  if [[ "$(printf '%s\n' "$out" | wc -l)" -ge 3 ]]; then
-    snapshot="$out"
-    grep -q True <<<"$out" && break
+# A snapshot while workers hold locks, then the pod holding one loses its node.
+snapshot="" victim="" victim_issue=""
+for _ in $(seq 600); do
+  held="$(k get issuelocks -n workers -o jsonpath='{range .items[*]}{.spec.holder.identity} {.spec.issue}{"\n"}{end}' 2>/dev/null | head -n1 || true)"
+  if [[ -n "$held" ]]; then
+    snapshot="$(k get issuelocks -n workers 2>/dev/null || true)"
+    read -r victim victim_issue <<<"$held"
+    break
   fi
-  sleep 0.1
-done
-
-# Kill worker 1 while it holds a lock: no release, no Lease deletion.
-victim_issue=""
-for _ in $(seq 200); do
-  victim_issue="$(kubectl get issuelocks -n demo -o jsonpath='{range .items[?(@.spec.holder.identity=="worker-1")]}{.spec.issue}{end}' 2>/dev/null || true)"
-  [[ -n "$victim_issue" ]] && break
   sleep 0.05
 done
-disown "${pids[0]}" 2>/dev/null || true  # no "Killed" job notice
-kill -KILL -- "-${pids[0]}" 2>/dev/null || true
-say "SIGKILLed worker-1 while it held $victim_issue; the controller reclaims it after the 6 s lease"
-for p in "${pids[@]:1}"; do wait "$p"; done
+[[ -n "$victim" ]] || { echo "FAILED: no worker was seen holding a lock" >&2; exit 1; }
+if [[ -n "$victim" ]]; then
+  # The node goes dark (kubelet stopped) and the pod is force-deleted: the worker process
+  # still runs and heartbeats, only its pod is gone, and the controller must notice.
+  kubelet_pid="$(cat "$ISSUELOCK_NODE_DIR/kubelet.pid")"
+  kill -STOP "$kubelet_pid"
+  k delete pod "$victim" -n workers --grace-period=0 --force >/dev/null 2>&1
+  say "node dark, worker pod $victim force-deleted while it held $victim_issue; the controller reclaims it"
+  for _ in $(seq 100); do
+    k get issuelocks -n workers -o jsonpath='{.items[*].spec.holder.identity}' | grep -qw "$victim" || break
+    sleep 0.1
+  done
+  kill -CONT "$kubelet_pid"
+fi
 
-say "kubectl get issuelocks -n demo (taken while workers held locks)"
+# Until every issue is done (the Deployment replaces the deleted pod meanwhile).
+bad=0
+deadline=$((SECONDS + 240))
+while (( SECONDS < deadline )); do
+  n=0
+  for i in $(seq 1 "$ISSUES"); do [[ -e "$done_dir/$("$bin" lock-name "acme/webshop#$i")" ]] && n=$((n + 1)); done
+  (( n == ISSUES )) && break
+  sleep 1
+done
+
+say "kubectl get issuelocks -n workers (taken while workers held locks)"
 printf '%s\n' "${snapshot:-<no snapshot: the run finished too quickly>}"
 
-say "reclaims (kubectl get events -n demo)"
-kubectl get events -n demo --field-selector type=Warning -o custom-columns=REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message
-kill "$controller_pid" 2>/dev/null || true
+say "reclaims (kubectl get events -n workers)"
+k get events -n workers --field-selector type=Warning,involvedObject.kind=IssueLock -o custom-columns=REASON:.reason,OBJECT:.involvedObject.name,REPORTED-BY:.reportingInstance,MESSAGE:.message
 
 say "summary"
-bad=0
-for key in "${issue_list[@]}"; do
-  name="$("$bin" lock-name "$key")"
-  if [[ ! -e "$dir/done/$name" ]]; then
-    printf '  %-18s NOT PROCESSED\n' "$key"; bad=1; continue
-  fi
-  n="$(wc -l < "$dir/done/$name")"
-  printf '  %-18s processed %s time(s) by %s\n' "$key" "$n" "$(tr '\n' ' ' < "$dir/done/$name")"
+for i in $(seq 1 "$ISSUES"); do
+  key="acme/webshop#$i"
+  f="$done_dir/$("$bin" lock-name "$key")"
+  if [[ ! -e "$f" ]]; then printf '  %-18s NOT PROCESSED\n' "$key"; bad=1; continue; fi
+  n="$(wc -l <"$f")"
+  printf '  %-18s processed %s time(s): %s\n' "$key" "$n" "$(tr '\n' ' ' <"$f" | sed 's/processed [^ ]* //')"
   (( n == 1 )) || bad=1
 done
-skips="$(cat "$dir"/logs/*.log | grep -c 'held by someone else' || true)"
-echo "  $skips acquire attempts found the issue held by another worker and skipped it"
-left="$(kubectl get issuelocks -n demo -o name | wc -l)"
+skips="$(k logs -n workers -l app.kubernetes.io/name=issue-worker --tail=-1 2>/dev/null | grep -c 'another worker holds it' || true)"
+echo "  $skips acquire attempts (in the surviving pods' logs) found the issue held by another worker"
+left="$(k get issuelocks -n workers -o name | wc -l)"
 echo "  locks left after the run: $left"
+reclaims="$(k get events -n workers --field-selector reason=HolderPodDeleted -o name | wc -l)"
+echo "  locks reclaimed because their holder's pod was deleted: $reclaims"
 if (( bad )) || (( left != 0 )); then
   echo "FAILED: every issue must be processed exactly once and every lock released" >&2
   exit 1
 fi
-echo "OK: all $ISSUES issues processed exactly once by $WORKERS racing workers, one of them killed mid-run"
+echo "OK: all $ISSUES issues processed exactly once by $REPLICAS worker pods; $victim was deleted while it held $victim_issue"
