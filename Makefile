@@ -39,6 +39,10 @@ test-e2e: ## End-to-end tests on a local control plane (or $$ISSUELOCK_E2E_KUBEC
 bench: ## Print acquire/release latency percentiles and throughput vs raw API calls.
 	bash e2e/bench.sh
 
+.PHONY: bench-peers
+bench-peers: ## issuelock vs the raw API, kube-lease-manager, client-go LeaseLock and Redis (BENCHMARKS.md).
+	bash bench/peers/run.sh
+
 .PHONY: assets
 assets: ## Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kubectl, helm.
 	bash e2e/assets.sh
