@@ -55,10 +55,13 @@ pub async fn latency<P: LockPeer>(
     Ok((Latencies::new(acquire), Latencies::new(release)))
 }
 
+/// Takes a free issue the way a user waiting for it would ([`LockPeer::wait_acquire`]:
+/// one attempt for the polling peers, kube-lease-manager's `changed()` without the
+/// contention phase's 1 s window, which a loaded API server can exceed), within a minute.
 async fn must_take<P: LockPeer>(peer: &P, issue: &str) -> anyhow::Result<P::Held> {
-    match peer.try_acquire(issue).await? {
-        Some(held) => Ok(held),
-        None => bail!("free issue {issue} reported held"),
+    match tokio::time::timeout(Duration::from_secs(60), peer.wait_acquire(issue)).await {
+        Ok(held) => held,
+        Err(_) => bail!("free issue {issue} not taken within 60 s"),
     }
 }
 
