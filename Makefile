@@ -59,6 +59,10 @@ bench-workers: ## 16 `work` processes over 1,000 issues: shared vs rendezvous or
 bench-scale: ## Print the controller's cost at 1k/10k held locks (RSS, CPU, API writes, restart, reclaim).
 	bash e2e/bench-scale.sh
 
+.PHONY: bench-peers
+bench-peers: ## issuelock vs the raw API, kube-lease-manager, client-go LeaseLock and Redis (BENCHMARKS.md).
+	bash bench/peers/run.sh
+
 .PHONY: assets
 assets: ## Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kubectl, helm, kubelet, kube-scheduler, kube-proxy.
 	bash e2e/assets.sh
