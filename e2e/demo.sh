@@ -16,6 +16,8 @@ REPLICAS="${DEMO_WORKERS:-3}"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 (( EUID == 0 )) || { echo "make demo starts a node and needs root; without root run: make demo-processes" >&2; exit 1; }
 
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/issuelock/target}"
+bash "$here/node.sh" prereqs
 say "building the controller and example worker images (no Docker)"
 controller_image="$(bash "$here/image.sh" controller | tail -n1)"
 worker_image="$(bash "$here/image.sh" worker | tail -n1)"

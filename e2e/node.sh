@@ -8,6 +8,7 @@
 #   e2e/node.sh import DIR FILE...  import OCI image archives into the node's containerd
 #   e2e/node.sh down DIR            stop everything, remove what it made, delete DIR
 #   e2e/node.sh census              print what teardown must leave as it found it
+#   e2e/node.sh prereqs             check root and install the OS packages when missing
 #
 # Inside the namespace: etcd, kube-apiserver and kube-controller-manager (controlplane.sh
 # with ISSUELOCK_NODE_IP), kube-scheduler, kube-proxy (iptables mode), containerd (its
@@ -30,7 +31,12 @@ NODE_NAME=issuelock-node
 CNI_BIN=/usr/lib/cni
 PAUSE_IMAGE=issuelock.local/pause:1
 # Deepest first.
-FIXED_DIRS=(/run/containerd/s /run/containerd /var/lib/cni/results /var/lib/cni /var/log/containers)
+FIXED_DIRS=(/run/containerd/s /run/containerd /var/lib/cni/results /var/lib/cni /var/log/containers
+  /var/lib/kubelet/device-plugins /var/lib/kubelet)
+# Host-wide kernel settings the kubelet sets at start (they are not per network
+# namespace): saved by `up`, restored by `down`, counted by `census`.
+KERNEL_TUNABLES=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 log() { printf '[node %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -40,7 +46,7 @@ die() { log "error: $*"; exit 1; }
 declare -A PACKAGE_OF=(
   [containerd]=containerd [ctr]=containerd [runc]=runc [$CNI_BIN/bridge]=containernetworking-plugins
   [iptables]=iptables [umoci]=umoci [skopeo]=skopeo [busybox]=busybox-static
-  [nsenter]=util-linux [ip]=iproute2
+  [nsenter]=util-linux [ip]=iproute2 [sysctl]=procps [readelf]=binutils
 )
 
 require_node_prerequisites() {
@@ -55,8 +61,9 @@ require_node_prerequisites() {
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   if command -v apt-get >/dev/null; then
     log "installing the OS packages ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
-      { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; } ||
+    local apt=(apt-get -o DPkg::Lock::Timeout=300)
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${missing[@]}" >&2 ||
+      { "${apt[@]}" update >&2 && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${missing[@]}" >&2; } ||
       die "could not install the OS packages ${missing[*]}"
   else
     die "missing OS packages: ${missing[*]} (install them, or skip the node tier with ISSUELOCK_E2E_NODE=0)"
@@ -224,6 +231,9 @@ GO
 
 up() {
   require_node_prerequisites
+  # One kubelet per machine: it owns fixed paths (/var/lib/kubelet/device-plugins, whose
+  # sockets it deletes at start) and host-wide kernel settings.
+  ! pgrep -x kubelet >/dev/null || die "a kubelet is already running on this machine (another node run, or a real node); not starting a second one"
   mkdir -p "$DIR"
   DIR="$(cd "$DIR" && pwd)"
   local id bin
@@ -256,6 +266,8 @@ up() {
   import_images "$(pause_image)"
 
   write_kubelet_config
+  local t
+  for t in "${KERNEL_TUNABLES[@]}"; do echo "$t=$(sysctl -n "$t")"; done >"$DIR/host-sysctls"
   log "kubelet (node $NODE_NAME)"
   start kubelet "$bin/kubelet" --config="$DIR/kubelet/config.yaml" --kubeconfig="$kc" \
     --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --root-dir="$DIR/kubelet/root" \
@@ -317,6 +329,10 @@ down() {
     done
   fi
   stop_pid_file "$DIR/kubelet.pid"
+  if [[ -f "$DIR/host-sysctls" ]]; then
+    local setting
+    while read -r setting; do sysctl -qw "$setting" 2>/dev/null || true; done <"$DIR/host-sysctls"
+  fi
   stop_pid_file "$DIR/kube-proxy.pid"
   stop_pid_file "$DIR/kube-scheduler.pid"
 
@@ -362,6 +378,10 @@ down() {
   done
   [[ -n "$ns" ]] && { ip netns delete "$ns" 2>/dev/null || true; }
   if [[ -f "$DIR/made-dirs" ]]; then
+    # The kubelet's device-plugin socket and checkpoint, if this run made their directory.
+    if grep -qx /var/lib/kubelet/device-plugins "$DIR/made-dirs"; then
+      rm -f /var/lib/kubelet/device-plugins/kubelet.sock /var/lib/kubelet/device-plugins/kubelet_internal_checkpoint
+    fi
     local d
     while read -r d; do rmdir "$d" 2>/dev/null || true; done <"$DIR/made-dirs"
   fi
@@ -381,6 +401,7 @@ census() {
   echo "iptables $( (iptables-save 2>/dev/null; ip6tables-save 2>/dev/null) | grep -vc '^#' || true)"
   echo "runtime-dirs $(for d in "${FIXED_DIRS[@]}"; do [[ -e "$d" ]] && echo "$d"; done | paste -sd' ' -)"
   echo "cgroups $(find /sys/fs/cgroup -mindepth 2 -type d 2>/dev/null | wc -l)"
+  echo "kernel-tunables $(for t in "${KERNEL_TUNABLES[@]}"; do sysctl -n "$t"; done | paste -sd' ' -)"
   # Bracketed patterns so that grep does not count itself.
   echo "node-processes $(grep -lszE '^containerd$|/containerd-shim-runc-v[2]$|/kubele[t]$|/kube-prox[y]$|/kube-schedule[r]$' /proc/[0-9]*/cmdline | wc -l)"
 }
@@ -390,5 +411,6 @@ case "${1:-}" in
   down) [[ -n "${2:-}" ]] || die "usage: $0 down DIR"; DIR="$2"; down ;;
   import) [[ -n "${2:-}" && -n "${3:-}" ]] || die "usage: $0 import DIR FILE..."; DIR="$2"; shift 2; import_images "$@" ;;
   census) census ;;
-  *) die "usage: $0 up|down|import|census ..." ;;
+  prereqs) require_node_prerequisites ;;
+  *) die "usage: $0 up|down|import|census|prereqs ..." ;;
 esac

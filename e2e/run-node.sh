@@ -16,6 +16,9 @@ if [[ "${ISSUELOCK_E2E_NODE:-1}" == 0 ]]; then
   exit 0
 fi
 start=$SECONDS
+# Root and the OS packages (installed when missing) before anything else: the images need
+# umoci and skopeo.
+bash "$here/node.sh" prereqs
 # The images and the test binary first: cargo may need the network, the node has none.
 controller_image="$(bash "$here/image.sh" controller | tail -n1)"
 worker_image="$(bash "$here/image.sh" worker | tail -n1)"

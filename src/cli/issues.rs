@@ -5,7 +5,7 @@ use crate::error::Error;
 use crate::key::IssueKey;
 
 use std::collections::HashMap;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Parses a whole list: every key valid, none twice, at least one. Errors name the line.
 pub fn parse_list(source: &str, text: &str) -> Result<Vec<IssueKey>, Error> {
@@ -44,42 +44,30 @@ pub async fn read_list(source: &str) -> Result<Vec<IssueKey>, Error> {
 }
 
 /// Follows the list at `source`: every key as its line arrives (a file is re-read for
-/// appended lines every second, stdin until it closes). Invalid and repeated lines are
-/// reported on stderr, naming the line, and skipped.
+/// appended lines every second, stdin until it closes). Invalid, repeated and non-UTF-8
+/// lines are reported on stderr, naming the line, and skipped.
 pub async fn follow_list(
     source: &str,
 ) -> Result<futures::stream::BoxStream<'static, IssueKey>, Error> {
-    let reader: Box<dyn AsyncBufRead + Unpin + Send> = if source == "-" {
-        Box::new(BufReader::new(tokio::io::stdin()))
+    let name = display(source);
+    let lines = if source == "-" {
+        stdin_lines(name.clone())
     } else {
         let file = tokio::fs::File::open(source)
             .await
             .map_err(|e| Error::Config(format!("cannot read the issue list {source:?}: {e}")))?;
-        Box::new(BufReader::new(file))
+        file_lines(file, name.clone())
     };
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let name = display(source);
-    let is_file = source != "-";
     tokio::spawn(async move {
-        let mut reader = reader;
+        let mut lines = lines;
         let mut parser = LineParser::default();
-        let mut partial = String::new();
-        loop {
-            match reader.read_line(&mut partial).await {
-                Ok(0) if is_file => {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-                Ok(0) => return, // stdin closed: the input has ended
-                Ok(_) if !partial.ends_with('\n') && is_file => continue, // a line being written
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("issuelock: cannot read {name}: {e}; no more issues from it");
-                    return;
-                }
-            }
-            let line = std::mem::take(&mut partial);
-            match parser.line(&line) {
+        while let Some(bytes) = lines.recv().await {
+            let parsed = match String::from_utf8(bytes) {
+                Ok(line) => parser.line(&line),
+                Err(_) => Err(parser.not_text()),
+            };
+            match parsed {
                 Ok(Some(key)) => {
                     if tx.send(key).await.is_err() {
                         return;
@@ -95,6 +83,63 @@ pub async fn follow_list(
         |mut rx| async move { rx.recv().await.map(|key| (key, rx)) },
     )
     .boxed())
+}
+
+type Lines = tokio::sync::mpsc::Receiver<Vec<u8>>;
+
+/// Stdin's lines, read on a thread of their own: a blocking read cannot be cancelled, and
+/// one on the runtime's blocking pool would keep the process from exiting (after its work
+/// is done, or on a signal) until the next line or the end of the input arrived.
+fn stdin_lines(name: String) -> Lines {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut line = Vec::new();
+            match stdin.read_until(b'\n', &mut line) {
+                Ok(0) => return, // stdin closed: the input has ended
+                Ok(_) => {
+                    if tx.blocking_send(line).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("issuelock: cannot read {name}: {e}; no more issues from it");
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// A file's lines, each once its newline is written; the file is re-read for appended
+/// lines every second.
+fn file_lines(file: tokio::fs::File, name: String) -> Lines {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(file);
+        let mut partial = Vec::new();
+        loop {
+            match reader.read_until(b'\n', &mut partial).await {
+                Ok(0) => {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+                Ok(_) if !partial.ends_with(b"\n") => continue, // a line being written
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("issuelock: cannot read {name}: {e}; no more issues from it");
+                    return;
+                }
+            }
+            if tx.send(std::mem::take(&mut partial)).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 fn display(source: &str) -> String {
@@ -132,6 +177,12 @@ impl LineParser {
         }
         self.seen.insert(key.clone(), self.number);
         Ok(Some(key))
+    }
+
+    /// Counts a line that is not UTF-8 text; the error names it.
+    fn not_text(&mut self) -> String {
+        self.number += 1;
+        format!("{}: not UTF-8 text", self.number)
     }
 }
 

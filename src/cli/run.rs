@@ -186,6 +186,14 @@ pub(super) async fn run_held(
         let _ = guard.release().await;
         return signal_status(sig);
     }
+    if guard.is_lost() || trust_left(&guard, held.grace).is_zero() {
+        eprintln!(
+            "issuelock: the lock on {} was lost before the command started; the command did not run",
+            guard.issue()
+        );
+        let _ = guard.release().await;
+        return EXIT_LOST;
+    }
     let env = [
         ("ISSUELOCK_ISSUE", guard.issue().to_string()),
         ("ISSUELOCK_LOCK_NAME", guard.name().to_owned()),
@@ -412,7 +420,8 @@ async fn conclude(
     done_file: Option<&std::path::Path>,
 ) -> u8 {
     let issue = guard.issue().to_string();
-    let lost_while_running = guard.is_lost();
+    let lost_while_running =
+        guard.is_lost() || guard.trusted_until() <= tokio::time::Instant::now();
     let succeeded = matches!(
         ending,
         Ending::Finished {

@@ -66,13 +66,21 @@ impl DoneCheck {
     async fn is_done(&self, key: &IssueKey) -> Result<bool, Error> {
         match self {
             DoneCheck::None => Ok(false),
-            DoneCheck::Dir(_) => Ok(self.file(key).is_some_and(|f| f.exists())),
+            // An unreadable done-dir is an error, never "not done" (which would run a
+            // finished issue again).
+            DoneCheck::Dir(_) => match self.file(key) {
+                Some(file) => file
+                    .try_exists()
+                    .map_err(|e| done_error(key, format!("cannot check {}: {e}", file.display()))),
+                None => Ok(false),
+            },
             DoneCheck::Cmd(cmd) => {
                 let status = tokio::process::Command::new("sh")
                     .args(["-c", cmd])
                     .env("ISSUELOCK_ISSUE", key.as_str())
                     .env("ISSUELOCK_LOCK_NAME", key.lock_name())
                     .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
                     .status()
                     .await
                     .map_err(|e| done_error(key, format!("cannot run --done-cmd: {e}")))?;

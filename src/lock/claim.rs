@@ -119,6 +119,12 @@ impl LockClient {
                 }
             };
             match done(key).await {
+                // Lost while the done check ran (deleted, reclaimed): someone else may
+                // hold it now; never hand out a lock that is no longer ours.
+                Ok(false) if guard.is_lost() => {
+                    let _ = guard.release().await;
+                    held.push(key.clone());
+                }
                 Ok(false) => return Ok(Claimed::Lock(guard)),
                 Ok(true) => {
                     let _ = guard.release().await;

@@ -307,6 +307,15 @@ impl LockClient {
         self.inner.heartbeat.lost().await
     }
 
+    /// True when trying again later may succeed: the API server was unreachable or
+    /// overloaded, or the last Lease renewal failed while the heartbeat is not lost yet
+    /// (the next renewal may get through before the renew deadline).
+    pub(crate) fn may_succeed_later(&self, e: &Error) -> bool {
+        e.is_transient()
+            || (matches!(e, Error::HeartbeatUnhealthy)
+                && !self.inner.heartbeat.pulse().lost.is_cancelled())
+    }
+
     /// Releases every lock this client still holds, makes a final attempt at every
     /// pending clean-up, stops the heartbeat and deletes its Lease. Returns the first error
     /// met; it still attempts every step. Whatever could not be deleted is reclaimed by the

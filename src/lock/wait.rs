@@ -12,6 +12,8 @@ use futures::stream::BoxStream;
 /// Longest random pause before a waiter tries again once the lock disappeared, so that the
 /// waiters woken by one deletion do not all create at the same instant.
 pub const RETRY_JITTER: Duration = Duration::from_millis(100);
+/// Longest extra random pause before a waiter tries again after a failure that may pass.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
 impl LockClient {
     /// Takes the lock on `issue`, waiting up to `timeout` for its holder to let go.
@@ -22,19 +24,39 @@ impl LockClient {
     /// the controller). Returns `Held` (the holder last seen) when `timeout` passes first.
     /// There is no queue and no fairness between waiters (see the module docs).
     ///
-    /// Errors: as [`try_acquire`](Self::try_acquire); [`Error::HeartbeatUnhealthy`] at once
-    /// when the heartbeat is lost while waiting.
+    /// Errors: as [`try_acquire`](Self::try_acquire) on the first attempt; once waiting, a
+    /// failure that may pass (API server unreachable or overloaded, one failed heartbeat
+    /// renewal) is retried until the timeout. [`Error::HeartbeatUnhealthy`] at once when
+    /// the heartbeat is lost while waiting.
     pub async fn acquire(&self, issue: &str, timeout: Duration) -> Result<Acquisition> {
         let key = IssueKey::parse(issue)?;
         let deadline = Instant::now()
             .checked_add(timeout)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400));
         let mut watch: Option<LockWatch> = None;
+        let mut last_held = None;
         loop {
-            let held = match self.try_acquire(issue).await? {
-                Acquisition::Acquired(guard) => return Ok(Acquisition::Acquired(guard)),
-                Acquisition::Held(by) => by,
+            let held = match (self.try_acquire(issue).await, last_held.take()) {
+                (Ok(Acquisition::Acquired(guard)), _) => return Ok(Acquisition::Acquired(guard)),
+                (Ok(Acquisition::Held(by)), _) => by,
+                // Already waiting: a failure that may pass (an overloaded API server, all
+                // woken waiters creating at once, one failed renewal) is retried until the
+                // timeout instead of ending the wait.
+                (Err(e), Some(held)) if self.may_succeed_later(&e) => {
+                    tracing::debug!(issue, error = %e.chain(), "acquire failed while waiting; retrying");
+                    let pause = RETRY_JITTER + jitter(RETRY_AFTER_FAILURE);
+                    if tokio::time::timeout_at(deadline, tokio::time::sleep(pause))
+                        .await
+                        .is_err()
+                    {
+                        return Ok(Acquisition::Held(held));
+                    }
+                    last_held = Some(held);
+                    continue;
+                }
+                (Err(e), _) => return Err(e),
             };
+            last_held = Some(held.clone());
             let watch = watch.get_or_insert_with(|| LockWatch::start(&self.inner.api, &key));
             let gone = async {
                 tokio::select! {

@@ -112,7 +112,7 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
             let (mut changes, claimed) = match claimed.await {
                 // The API server is overloaded or unreachable for a moment: try again. A
                 // lasting outage ends in a lost heartbeat, which is not transient.
-                Err(e) if e.is_transient() => {
+                Err(e) if self.locks.may_succeed_later(&e) => {
                     tracing::warn!(error = %e.chain(), retry_in = ?backoff, "claiming failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_MAX);
@@ -133,18 +133,21 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
                         continue;
                     }
                     // Every candidate left is held by others: wait for a release or input.
-                    let woke = match self.input.as_mut() {
-                        None => changes.changed().await.map(|_| None),
-                        Some(input) => tokio::select! {
-                            changed = changes.changed() => changed.map(|_| None),
-                            key = input.next() => Ok(Some(key)),
-                        },
+                    let next_input = async {
+                        match self.input.as_mut() {
+                            Some(input) => input.next().await,
+                            None => std::future::pending().await,
+                        }
                     };
-                    match woke {
-                        Err(_) => return Err(Error::Config("the client was shut down".into())),
-                        Ok(None) => {}
-                        Ok(Some(Some(key))) => self.add(key),
-                        Ok(Some(None)) => self.input = None,
+                    tokio::select! {
+                        // The sender lives as long as the client: this never fails.
+                        _ = changes.changed() => {}
+                        key = next_input => match key {
+                            Some(key) => self.add(key),
+                            None => self.input = None,
+                        },
+                        // A client whose heartbeat is lost takes no lock: stop waiting.
+                        _ = self.locks.heartbeat_lost() => return Err(Error::HeartbeatUnhealthy),
                     }
                 }
             }
