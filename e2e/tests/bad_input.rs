@@ -158,6 +158,37 @@ async fn a_user_without_rbac_is_told_so() {
         stderr.contains("permission denied while trying to create lock"),
         "{stderr}"
     );
+
+    // `work` may not list and watch the namespace's locks: it says so and exits 1 instead
+    // of retrying for ever.
+    let list = scratch.0.join("issues.txt");
+    std::fs::write(&list, "x\n").unwrap();
+    let mut work = issuelock()
+        .env("KUBECONFIG", &kc)
+        .args(["work", "-n", &ns, "--issues"])
+        .arg(&list)
+        .args(["--", "true"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = work.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = work.kill();
+            panic!("work kept retrying without permission to list locks");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut work.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("permission denied while trying to list and watch the locks"),
+        "{stderr}"
+    );
     locks.shutdown().await.unwrap();
     delete_namespace(&client, &ns).await;
 }

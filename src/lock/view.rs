@@ -18,7 +18,13 @@ struct ViewState {
     /// Names seen by the (re)list in progress.
     relisting: HashSet<String>,
     synced: bool,
+    /// The API server's last refusal (401, 403, 404) of the list or the watch: retrying
+    /// does not help, so callers waiting for the first list get it as their error.
+    refusal: Option<(u16, String)>,
 }
+
+/// What the list and watch of the namespace's locks are called in errors.
+const STEP: &str = "list and watch the locks of the namespace";
 
 impl LockView {
     /// Starts the watch; it ends with `stop`.
@@ -45,19 +51,28 @@ impl LockView {
         self.changed.subscribe()
     }
 
-    /// Completes once the first list is in, or fails after `limit`.
+    /// Completes once the first list is in; fails at once when the API server refused
+    /// the list or the watch (no permission, no CRD), or after `limit`.
     pub(super) async fn synced(&self, limit: Duration) -> Result<()> {
         let mut changes = self.subscribe();
         let wait = async {
-            while !self.state().synced {
+            loop {
+                {
+                    let state = self.state();
+                    if state.synced {
+                        return Ok(());
+                    }
+                    if let Some((code, message)) = state.refusal.clone() {
+                        return Err(refused(code, message));
+                    }
+                }
                 if changes.changed().await.is_err() {
-                    break;
+                    return Ok(());
                 }
             }
         };
-        tokio::time::timeout(limit, wait)
-            .await
-            .map_err(|_| Error::Unreachable {
+        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
+            Err(Error::Unreachable {
                 step: "list the locks of the namespace",
                 source: format!(
                     "no complete list within {limit:?} (is the API server reachable, and may \
@@ -65,6 +80,22 @@ impl LockView {
                 )
                 .into(),
             })
+        })
+    }
+
+    /// Notes an error of the list or the watch; a refusal is kept for `synced`.
+    fn failed(&self, error: &watcher::Error) {
+        let status = match error {
+            watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some((s.code, s.message.clone())),
+            watcher::Error::WatchError(s) => Some((s.code, s.message.clone())),
+            _ => None,
+        };
+        if let Some((code @ (401 | 403 | 404), message)) = status {
+            self.state().refusal = Some((code, message));
+            self.changed.send_modify(|n| *n += 1);
+        }
     }
 
     fn apply(&self, event: watcher::Event<IssueLock>) {
@@ -79,6 +110,7 @@ impl LockView {
             watcher::Event::InitDone => {
                 state.names = std::mem::take(&mut state.relisting);
                 state.synced = true;
+                state.refusal = None;
             }
             watcher::Event::Apply(lock) => {
                 state.names.insert(name(&lock));
@@ -105,9 +137,25 @@ async fn watch_namespace(view: Weak<LockView>, api: Api<IssueLock>, stop: Cancel
         match event {
             None => return,
             Some(Err(e)) => {
-                tracing::debug!(error = %e, "watch on the namespace's locks failed; retrying")
+                tracing::warn!(error = %e, "watch on the namespace's locks failed; retrying");
+                view.failed(&e);
             }
             Some(Ok(event)) => view.apply(event),
         }
+    }
+}
+
+/// The error for a refused list or watch, as the rest of the client reports such answers.
+fn refused(code: u16, message: String) -> Error {
+    match code {
+        401 => Error::Unauthorized {
+            step: STEP,
+            message,
+        },
+        403 => Error::Forbidden {
+            step: STEP,
+            message,
+        },
+        _ => Error::CrdNotInstalled,
     }
 }
