@@ -3,10 +3,10 @@
 //! library. Prints figures; it never fails on a time limit.
 
 use crate::crd::{Holder, IssueLock, IssueLockSpec};
-use crate::error::{Error, classify};
+use crate::error::{Deleted, Error, classify, delete_exact};
 use crate::lock::{Acquisition, LockClient};
 use futures::StreamExt;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, PostParams};
 use std::time::{Duration, Instant};
 
 /// Settings of one benchmark run.
@@ -96,14 +96,17 @@ pub async fn run(
         let api = api.clone();
         let uid = uids[i].clone();
         async move {
-            let params = DeleteParams::default().preconditions(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            });
+            let name = format!("floor-{run_id}-{i}");
             let t = Instant::now();
-            api.delete(&format!("floor-{run_id}-{i}"), &params)
-                .await
-                .map_err(|e| classify("delete lock", "", e))?;
+            match delete_exact(&api, &name, &uid, None).await {
+                Ok(Deleted::Deleted) => {}
+                Ok(Deleted::GoneOrChanged) => {
+                    return Err(Error::Config(format!(
+                        "bench lock {name} vanished or changed"
+                    )));
+                }
+                Err(e) => return Err(classify("delete lock", "", e)),
+            }
             Ok((t.elapsed(), String::new()))
         }
     })

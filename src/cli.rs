@@ -4,7 +4,7 @@
 //! tree through a supervisor process ([`crate::supervise`]).
 
 use crate::crd::{self, IssueLock};
-use crate::error::{Error, classify};
+use crate::error::{Deleted, Error, classify, delete_exact};
 use crate::heartbeat::HeartbeatConfig;
 use crate::holder::HolderIdentity;
 use crate::lock::{LockClient, LockConfig};
@@ -703,22 +703,17 @@ async fn force_release(args: ReleaseArgs) -> Result<ExitCode, Error> {
     };
     let (name, ns) = (key.lock_name(), api_namespace(&lock));
     // Delete exactly the lock we looked at, never a newer one.
-    let params = kube::api::DeleteParams::default().preconditions(kube::api::Preconditions {
-        uid: lock.metadata.uid.clone(),
-        resource_version: lock.metadata.resource_version.clone(),
-    });
-    match api.delete(&name, &params).await {
-        Ok(_) => {
+    let uid = lock.metadata.uid.clone().unwrap_or_default();
+    let version = lock.metadata.resource_version.as_deref();
+    match delete_exact(&api, &name, &uid, version).await {
+        Ok(Deleted::Deleted) => {
             println!(
                 "released lock on {issue:?} held by {}",
                 lock.spec.holder.identity
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(e)
-            if crate::error::is_status(&e, 409, "Conflict")
-                || crate::error::is_status(&e, 404, "NotFound") =>
-        {
+        Ok(Deleted::GoneOrChanged) => {
             eprintln!("issuelock: the lock on {issue:?} changed meanwhile; nothing released");
             Ok(ExitCode::from(EXIT_FAILURE))
         }

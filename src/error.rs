@@ -104,10 +104,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Unreachable { .. } => true,
-            Error::Api {
-                source: kube::Error::Api(s),
-                ..
-            } => s.code == 429 || s.code >= 500,
+            Error::Api { source, .. } => is_transient(source),
             _ => false,
         }
     }
@@ -134,8 +131,34 @@ pub fn status(err: &kube::Error) -> Option<&kube::core::Status> {
 }
 
 /// True when `err` is the API server answering `code` with `reason`.
-pub fn is_status(err: &kube::Error, code: u16, reason: &str) -> bool {
+fn is_status(err: &kube::Error, code: u16, reason: &str) -> bool {
     status(err).is_some_and(|s| s.code == code && s.reason == reason)
+}
+
+/// True when the object (or, without details, its resource type) does not exist: `404 NotFound`.
+pub fn is_not_found(err: &kube::Error) -> bool {
+    is_status(err, 404, "NotFound")
+}
+
+/// True when a precondition or resourceVersion no longer matches: `409 Conflict`.
+pub fn is_conflict(err: &kube::Error) -> bool {
+    is_status(err, 409, "Conflict")
+}
+
+/// True when a create found an object of that name already there: `409 AlreadyExists`.
+pub fn is_already_exists(err: &kube::Error) -> bool {
+    is_status(err, 409, "AlreadyExists")
+}
+
+/// True when the call never got a definite answer or the server was overloaded or
+/// failing (transport trouble, 429, 5xx): retrying may succeed, and a write may have been
+/// committed although it failed.
+pub fn is_transient(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        _ => false,
+    }
 }
 
 /// Turns a failed call into the error a user should see. `step` says what we were doing
@@ -194,6 +217,40 @@ pub async fn within<T>(
         .map_err(|_| timed_out(step, deadline))
 }
 
+/// What a [`delete_exact`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The object named was exactly the one given, and it is deleted (or being deleted).
+    Deleted,
+    /// The object was already gone or has changed (`404` or `409` on the preconditions):
+    /// nothing was deleted.
+    GoneOrChanged,
+}
+
+/// Deletes `name` only if it is still the object with `uid` (and, when given, still at
+/// `resource_version`): never a newer object of the same name, never a version nobody
+/// looked at. Other failures are left unclassified for the caller's own step name; wrap
+/// the call in [`within`] for a deadline.
+pub async fn delete_exact<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    uid: &str,
+    resource_version: Option<&str>,
+) -> kube::Result<Deleted>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = kube::api::DeleteParams::default().preconditions(kube::api::Preconditions {
+        uid: Some(uid.to_owned()),
+        resource_version: resource_version.map(str::to_owned),
+    });
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(Deleted::Deleted),
+        Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(Deleted::GoneOrChanged),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +293,18 @@ mod tests {
         );
         assert!(classify("x", "ns", api(503, "ServiceUnavailable", None)).is_transient());
         assert!(!classify("x", "ns", api(422, "Invalid", None)).is_transient());
+    }
+
+    #[test]
+    fn predicates_match_code_and_reason() {
+        assert!(is_not_found(&api(404, "NotFound", None)));
+        assert!(is_conflict(&api(409, "Conflict", None)));
+        assert!(!is_conflict(&api(409, "AlreadyExists", None)));
+        assert!(is_already_exists(&api(409, "AlreadyExists", None)));
+        assert!(!is_already_exists(&api(409, "Conflict", None)));
+        assert!(is_transient(&api(429, "TooManyRequests", None)));
+        assert!(is_transient(&api(504, "Timeout", None)));
+        assert!(!is_transient(&api(409, "Conflict", None)));
     }
 
     #[test]

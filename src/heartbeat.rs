@@ -15,11 +15,13 @@
 use crate::crd::{
     HEARTBEAT_LABEL, Holder, HolderPod, LEASE_POD_UID_ANNOTATION, LEASE_USER_ANNOTATION,
 };
-use crate::error::{Error, Result, classify, is_status, within};
+use crate::error::{
+    Deleted, Error, Result, classify, delete_exact, is_conflict, is_not_found, within,
+};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
+use kube::api::{Api, ObjectMeta, PostParams};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -335,20 +337,10 @@ impl Heartbeat {
             let _ = task.await;
         }
         self.pulse.lost.cancel();
-        let params = DeleteParams::default().preconditions(Preconditions {
-            uid: Some(self.uid.clone()),
-            resource_version: None,
-        });
         let step = "delete heartbeat lease";
-        match within(
-            step,
-            self.call_timeout,
-            self.api.delete(&self.name, &params),
-        )
-        .await?
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 404, "NotFound") || is_status(&e, 409, "Conflict") => Ok(()),
+        let delete = delete_exact(&self.api, &self.name, &self.uid, None);
+        match within(step, self.call_timeout, delete).await? {
+            Ok(Deleted::Deleted | Deleted::GoneOrChanged) => Ok(()),
             Err(e) => Err(classify(step, "", e)),
         }
     }
@@ -411,7 +403,7 @@ async fn renew_loop(
                 pulse.renewed(sent);
                 next = sent + config.renew_interval;
             }
-            Ok(Err(e)) if is_status(&e, 409, "Conflict") => {
+            Ok(Err(e)) if is_conflict(&e) => {
                 let budget =
                     call_timeout.min(pulse.deadline().saturating_duration_since(Instant::now()));
                 match tokio::time::timeout(budget, api.get_opt(&name)).await {
@@ -437,7 +429,7 @@ async fn renew_loop(
                     }
                 }
             }
-            Ok(Err(e)) if is_status(&e, 404, "NotFound") => {
+            Ok(Err(e)) if is_not_found(&e) => {
                 tracing::error!(lease = %name, "heartbeat lost: the Lease was deleted");
                 pulse.lost.cancel();
                 return;

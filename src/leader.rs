@@ -9,7 +9,7 @@
 //! any standby may take over. On shutdown the leader deletes the Lease so a standby takes
 //! over at once.
 
-use crate::error::{Result, classify, is_status, within};
+use crate::error::{Result, classify, is_already_exists, is_conflict, is_not_found, within};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig, Pulse, acquire, lease_duration};
 use futures::Stream;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -175,7 +175,7 @@ async fn try_take(
         let params = PostParams::default();
         return match within(step, config.call_timeout, api.create(&params, &lease)).await {
             Ok(Ok(created)) => Ok(Some(renewing(api, created, sent, config))),
-            Ok(Err(e)) if is_status(&e, 409, "AlreadyExists") => Ok(None),
+            Ok(Err(e)) if is_already_exists(&e) => Ok(None),
             Ok(Err(e)) => Err(call(step)(e)),
             // No answer: not leading this round; the next attempt reads what happened.
             Err(_) => Ok(None),
@@ -216,7 +216,7 @@ async fn try_take(
     .await?
     {
         Ok(taken) => Ok(Some(renewing(api, taken, sent, config))),
-        Err(e) if is_status(&e, 409, "Conflict") || is_status(&e, 404, "NotFound") => Ok(None),
+        Err(e) if is_conflict(&e) || is_not_found(&e) => Ok(None),
         Err(e) => Err(call(step)(e)),
     }
 }

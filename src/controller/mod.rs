@@ -28,7 +28,7 @@ pub mod pod_reads;
 pub mod staleness;
 
 use crate::crd::{HEARTBEAT_LABEL, IssueLock};
-use crate::error::{Error, classify, is_status, within};
+use crate::error::{Deleted, Error, classify, delete_exact, is_not_found, within};
 use crate::heartbeat::lease_duration;
 use crate::leader::Leadership;
 use crate::signature::{KeyBinding, Keyring, Verification};
@@ -40,7 +40,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self as kube_controller, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -657,18 +657,17 @@ async fn reclaim(
     ctx: &Context,
 ) -> Result<(), ReconcileError> {
     let api: Api<IssueLock> = Api::namespaced(ctx.client.clone(), ns);
-    let params = DeleteParams::default().preconditions(Preconditions {
-        uid: lock.metadata.uid.clone(),
-        resource_version: lock.metadata.resource_version.clone(),
-    });
     let step = "delete stale lock";
-    match within(step, CALL_TIMEOUT, api.delete(&lock.name_any(), &params))
+    let (name, uid, version) = (lock.name_any(), lock.uid(), lock.resource_version());
+    let uid = uid.unwrap_or_default();
+    let delete = delete_exact(&api, &name, &uid, version.as_deref());
+    match within(step, CALL_TIMEOUT, delete)
         .await
         .map_err(|e| ReconcileError::new(step, e))?
     {
-        Ok(_) => {}
-        Err(e) if is_status(&e, 404, "NotFound") || is_status(&e, 409, "Conflict") => {
-            tracing::debug!(lock = %lock.name_any(), "lock changed or gone before reclaim; leaving it");
+        Ok(Deleted::Deleted) => {}
+        Ok(Deleted::GoneOrChanged) => {
+            tracing::debug!(lock = %name, "lock changed or gone before reclaim; leaving it");
             return Ok(());
         }
         Err(e) => return Err(ReconcileError::new(step, classify(step, ns, e))),
@@ -773,7 +772,7 @@ async fn write_alive_status(
         .map_err(|e| ReconcileError::new(step, e))?
     {
         Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404, "NotFound") => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(ReconcileError::new(step, classify(step, ns, e))),
     }
 }
@@ -847,19 +846,14 @@ async fn sweep_orphaned_leases(ctx: Arc<Context>) {
                 continue;
             }
             let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &key.0);
-            let params = DeleteParams::default().preconditions(Preconditions {
-                uid: lease.metadata.uid.clone(),
-                resource_version: Some(seen.resource_version.clone()),
-            });
-            match within(
-                "delete expired lease",
-                CALL_TIMEOUT,
-                api.delete(&key.1, &params),
-            )
-            .await
-            {
-                Ok(Ok(_)) => {
+            let uid = lease.uid().unwrap_or_default();
+            let delete = delete_exact(&api, &key.1, &uid, Some(&seen.resource_version));
+            match within("delete expired lease", CALL_TIMEOUT, delete).await {
+                Ok(Ok(Deleted::Deleted)) => {
                     tracing::info!(lease = %key.1, namespace = %key.0, "deleted expired heartbeat Lease that no lock references")
+                }
+                Ok(Ok(Deleted::GoneOrChanged)) => {
+                    tracing::debug!(lease = %key.1, "expired Lease not deleted: it changed or is gone")
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(lease = %key.1, error = %e, "expired Lease not deleted")

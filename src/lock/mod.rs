@@ -26,7 +26,9 @@
 //! never reports itself as another holder. [`LockClient::cleanup_stats`] counts it all.
 
 use crate::crd::{HOLDER_LEASE_LABEL, Holder, IssueLock, IssueLockSpec};
-use crate::error::{Error, Result, classify, is_status, within};
+use crate::error::{
+    Deleted, Error, Result, classify, delete_exact, is_already_exists, is_transient, within,
+};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::holder::HolderIdentity;
 use crate::key::IssueKey;
@@ -34,7 +36,7 @@ use crate::signature::Keyring;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -423,13 +425,10 @@ impl LockClient {
                     call.answered();
                     return self.taken(key, &desired.spec, created, started, call).await;
                 }
-                Ok(Err(e)) if is_status(&e, 409, "AlreadyExists") => call.answered(),
-                // 429 and 5xx (e.g. 504 from a proxy) may hide a committed create too.
-                Ok(Err(e))
-                    if !is_transport(&e)
-                        && !crate::error::status(&e)
-                            .is_some_and(|s| s.code == 429 || s.code >= 500) =>
-                {
+                Ok(Err(e)) if is_already_exists(&e) => call.answered(),
+                // A transient failure (transport, 429, 5xx such as a proxy's 504) may hide
+                // a committed create.
+                Ok(Err(e)) if !is_transient(&e) => {
                     call.answered();
                     return Err(classify("create lock", self.namespace(), e));
                 }
@@ -681,20 +680,12 @@ impl Inner {
     /// Deletes `name` if it still has `uid`. [`Error::LockLost`] when it is gone or was
     /// replaced.
     async fn delete(&self, name: &str, uid: &str, issue: &IssueKey) -> Result<()> {
-        let params = DeleteParams::default().preconditions(Preconditions {
-            uid: Some(uid.to_owned()),
-            resource_version: None,
-        });
-        match self
-            .call("release lock", self.api.delete(name, &params))
-            .await?
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 404, "NotFound") || is_status(&e, 409, "Conflict") => {
-                Err(Error::LockLost {
-                    issue: issue.to_string(),
-                })
-            }
+        let delete = delete_exact(&self.api, name, uid, None);
+        match self.call("release lock", delete).await? {
+            Ok(Deleted::Deleted) => Ok(()),
+            Ok(Deleted::GoneOrChanged) => Err(Error::LockLost {
+                issue: issue.to_string(),
+            }),
             Err(e) => Err(classify("release lock", &self.config.namespace, e)),
         }
     }
@@ -836,10 +827,6 @@ fn dropped_fields(sent: &IssueLockSpec, stored: &IssueLockSpec) -> Option<Error>
          in the cluster is older than this client; apply this version's CRD \
          (`issuelock crd | kubectl apply -f -`, or upgrade the chart) and try again"
     )))
-}
-
-fn is_transport(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::HyperError(_) | kube::Error::Service(_))
 }
 
 // === impl AcquireCall ===
