@@ -50,7 +50,8 @@ use tokio_util::sync::CancellationToken;
 
 mod claim;
 mod cleanup;
-mod own_locks;
+mod held_locks;
+mod own_watch;
 mod view;
 mod wait;
 mod worker;
@@ -60,7 +61,8 @@ pub use wait::RETRY_JITTER;
 pub use worker::{WorkReport, Worker};
 
 use cleanup::*;
-use own_locks::*;
+use held_locks::*;
+use own_watch::*;
 
 /// Annotation carrying the nonce of the acquire call that created a lock.
 pub const ACQUIRE_NONCE_ANNOTATION: &str = "issuelock.dev/acquire-nonce";
@@ -222,7 +224,7 @@ struct Inner {
     config: LockConfig,
     holder: Holder,
     heartbeat: Heartbeat,
-    own: OwnLocks,
+    held: HeldLocks,
     cleanup: Cleanup,
     /// Stops the watch on our own locks and the clean-up loop.
     stop_tasks: CancellationToken,
@@ -283,7 +285,7 @@ impl LockClient {
             config,
             holder,
             heartbeat,
-            own: OwnLocks::default(),
+            held: HeldLocks::default(),
             cleanup: Cleanup::default(),
             stop_tasks: CancellationToken::new(),
             view: tokio::sync::OnceCell::new(),
@@ -324,8 +326,7 @@ impl LockClient {
     /// controller (and the garbage collector) once the Lease is gone.
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.stop_tasks.cancel();
-        for (name, lock) in self.inner.own.drain() {
-            lock.lost.cancel();
+        for (name, lock) in self.inner.held.give_up_all() {
             self.inner.cleanup.queue(Orphan::lock(
                 name,
                 lock.issue,
@@ -463,7 +464,7 @@ impl LockClient {
                     .taken(key, &desired.spec, existing, started, call)
                     .await;
             }
-            if self.inner.records_us(&existing) && !self.inner.own.in_use(&existing) {
+            if self.inner.records_us(&existing) && !self.inner.held.in_use(&existing) {
                 // Ours, but nothing of this client holds or is taking it: an orphan.
                 self.inner.release_orphan_found(&existing, &key).await?;
                 continue;
@@ -655,7 +656,7 @@ impl Inner {
                 }
             });
         }
-        self.own.register(
+        self.held.hold(
             name.clone(),
             HeldLock {
                 uid: uid.clone(),
@@ -765,8 +766,8 @@ impl Inner {
                     Some(lock)
                         if self.created_by(&lock, nonce)
                             && !self
-                                .own
-                                .holds_uid(lock.metadata.uid.as_deref().unwrap_or_default()) =>
+                                .held
+                                .holds(lock.metadata.uid.as_deref().unwrap_or_default()) =>
                     {
                         lock.metadata.uid.unwrap_or_default()
                     }
@@ -853,7 +854,7 @@ struct AcquireCall<'a> {
 impl<'a> AcquireCall<'a> {
     fn begin(inner: &'a Arc<Inner>, issue: &IssueKey, name: &str) -> Self {
         let nonce = crate::holder::random_suffix();
-        inner.own.begin_acquire(&nonce);
+        inner.held.acquire_started(&nonce);
         Self {
             inner,
             issue: issue.clone(),
@@ -886,7 +887,7 @@ impl<'a> AcquireCall<'a> {
 
 impl Drop for AcquireCall<'_> {
     fn drop(&mut self) {
-        self.inner.own.end_acquire(&self.nonce);
+        self.inner.held.acquire_ended(&self.nonce);
         if self.acquired {
             // A create of this call still in flight can only land once our lock is gone.
             return;
@@ -1005,13 +1006,13 @@ impl LockGuard {
     pub async fn release(mut self) -> Result<()> {
         // Unregister first, so our own delete is not reported as a loss by the watch.
         // (Not registered any more: shutdown has released it already.)
-        let registered = self.inner.own.releasing(&self.name, &self.uid);
+        let registered = self.inner.held.release_started(&self.name, &self.uid);
         self.releasing = registered;
         self.lost.cancel();
         let result = self.inner.delete(&self.name, &self.uid, &self.issue).await;
         // From here on, Drop leaves the lock alone.
         self.released = true;
-        self.inner.own.released(&self.uid);
+        self.inner.held.release_ended(&self.uid);
         if let Err(e) = &result
             && registered
             && !matches!(e, Error::LockLost { .. })
@@ -1035,11 +1036,13 @@ impl Drop for LockGuard {
         }
         // Still registered (a plain drop), or unregistered by a `release` whose future was
         // dropped before its answer; otherwise shutdown has released it already.
-        let ours = self.inner.own.take(&self.name, &self.uid).is_some() || self.releasing;
-        if !ours {
+        if !self
+            .inner
+            .held
+            .guard_dropped(&self.name, &self.uid, self.releasing)
+        {
             return;
         }
-        self.inner.own.released(&self.uid);
         self.inner.cleanup.queue(Orphan::lock(
             self.name.clone(),
             self.issue.clone(),
@@ -1084,58 +1087,6 @@ mod tests {
         let b = FencingToken::from_resource_version("1000").unwrap();
         assert!(a < b);
         assert!(FencingToken::from_resource_version("abc").is_err());
-    }
-
-    fn guarded(own: &OwnLocks, uid: &str, token: u64) -> CancellationToken {
-        let lost = CancellationToken::new();
-        own.register(
-            "l".into(),
-            HeldLock {
-                uid: uid.into(),
-                fencing_token: FencingToken(token),
-                issue: IssueKey::parse("i").unwrap(),
-                lost: lost.clone(),
-            },
-        );
-        lost
-    }
-
-    fn object(uid: &str, rv: &str) -> IssueLock {
-        let mut lock = crate::crd::test_lock(uid);
-        lock.metadata.resource_version = Some(rv.into());
-        lock
-    }
-
-    #[test]
-    fn a_late_delete_of_the_previous_lock_leaves_a_reacquired_guard_alone() {
-        let own = OwnLocks::default();
-        let lost = guarded(&own, "new", 50);
-        own.lost_if_deleted("l", "old");
-        own.lost_if_replaced(&object("old", "40"));
-        assert!(!lost.is_cancelled());
-        own.lost_if_deleted("l", "new");
-        assert!(lost.is_cancelled());
-    }
-
-    #[test]
-    fn a_newer_object_under_the_name_means_the_lock_was_lost() {
-        let own = OwnLocks::default();
-        let lost = guarded(&own, "ours", 50);
-        own.lost_if_replaced(&object("ours", "55"));
-        assert!(!lost.is_cancelled(), "our own object, updated");
-        own.lost_if_replaced(&object("theirs", "60"));
-        assert!(lost.is_cancelled());
-    }
-
-    #[test]
-    fn a_fresh_read_confirms_or_loses_exactly_the_guard_it_was_made_for() {
-        let own = OwnLocks::default();
-        let lost = guarded(&own, "ours", 50);
-        own.lost_unless_current("l", "ours", Some("ours"));
-        own.lost_unless_current("l", "previous", None);
-        assert!(!lost.is_cancelled());
-        own.lost_unless_current("l", "ours", None);
-        assert!(lost.is_cancelled());
     }
 
     #[test]
