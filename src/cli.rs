@@ -520,7 +520,12 @@ async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> {
             stop.cancel();
         }
     };
-    let result = crate::controller::run(client, config, metrics, ready, leadership, shutdown).await;
+    let replica = crate::controller::Replica {
+        metrics,
+        ready,
+        leadership,
+    };
+    let result = crate::controller::run(client, config, replica, shutdown).await;
     stop.cancel();
     if let Some(task) = campaign {
         let _ = task.await;
