@@ -3,23 +3,34 @@
 //! `run` holds one lock while a command runs, and contains the command's whole process
 //! tree through a supervisor process ([`crate::supervise`]).
 
-use crate::crd::{self, IssueLock};
-use crate::error::{Deleted, Error, classify, delete_exact};
+use crate::crd::IssueLock;
+use crate::error::{Error, classify};
 use crate::heartbeat::HeartbeatConfig;
 use crate::holder::HolderIdentity;
 use crate::lock::{LockClient, LockConfig};
-use crate::signature::KeyBinding;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::api::{Api, ListParams};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod bench;
+mod controller;
+mod crd;
 mod duration;
 mod issues;
+mod lock_name;
+mod release;
 mod run;
+mod show;
 mod work;
 
-pub use work::{EXIT_NOT_ALL_SUCCEEDED, EXIT_NOTHING_LEFT};
+pub use bench::BenchArgs;
+pub use controller::ControllerArgs;
+pub use lock_name::LockNameArgs;
+pub use release::ReleaseArgs;
+pub use run::RunArgs;
+pub use show::ShowArgs;
+pub use work::{EXIT_NOT_ALL_SUCCEEDED, EXIT_NOTHING_LEFT, OrderArg, WorkArgs};
 
 /// Exit code of `run` when another holder has the lock.
 pub const EXIT_HELD: u8 = 75;
@@ -101,10 +112,7 @@ pub enum Command {
     /// Measure acquire and release latency against the raw API calls (the floor).
     Bench(BenchArgs),
     /// Print the lock object name derived from an issue key.
-    LockName {
-        /// The issue key.
-        issue: String,
-    },
+    LockName(LockNameArgs),
     /// The supervisor of a `run` command's process tree (started by `run` only).
     #[command(hide = true)]
     Supervise(crate::supervise::SuperviseArgs),
@@ -142,155 +150,6 @@ pub struct HolderArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct RunArgs {
-    /// The issue key to lock.
-    #[arg(long, short = 'i', env = "ISSUELOCK_ISSUE")]
-    pub issue: String,
-    /// Wait this long for a held lock (e.g. 30s, 5m; watching the lock, no polling)
-    /// before giving up with exit 75. Default: do not wait.
-    #[arg(long, env = "ISSUELOCK_WAIT")]
-    pub wait: Option<String>,
-    /// Hard cap on how long the lock may be held, in seconds. The command gets SIGTERM a
-    /// grace period before it ends, so that its tree is gone by then.
-    #[arg(long, env = "ISSUELOCK_MAX_HOLD_SECONDS")]
-    pub max_hold_seconds: Option<u64>,
-    /// Seconds between SIGTERM and SIGKILL when the command's process tree is stopped
-    /// (default: half of lease duration minus renew deadline, at most 3). Must be shorter
-    /// than lease duration minus renew deadline, so that a holder whose heartbeat fails
-    /// has killed its tree before others may take the lock.
-    #[arg(long, env = "ISSUELOCK_GRACE_SECONDS")]
-    pub grace_seconds: Option<f64>,
-    #[command(flatten)]
-    pub holder: HolderArgs,
-    /// The command and its arguments.
-    #[arg(last = true, required = true)]
-    pub command: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct WorkArgs {
-    /// The candidate issue keys, one per line: a file, or `-` for stdin.
-    #[arg(long)]
-    pub issues: String,
-    /// An issue is done when a file named after its lock name exists in this directory;
-    /// `work` creates that file when the command exits 0 while the lock is still held.
-    #[arg(long, conflicts_with = "done_cmd")]
-    pub done_dir: Option<std::path::PathBuf>,
-    /// An issue is done when this shell command exits 0 (1: not done; anything else is
-    /// an error). It sees ISSUELOCK_ISSUE and ISSUELOCK_LOCK_NAME.
-    #[arg(long)]
-    pub done_cmd: Option<String>,
-    /// Keep reading the list (a file as it grows, stdin until it closes) instead of
-    /// exiting once no candidate is left (`work` only).
-    #[arg(long)]
-    pub follow: bool,
-    /// The order to try candidates in: this worker's own (rendezvous), or the list's (a
-    /// priority order; workers sharing it conflict more).
-    #[arg(long, value_enum, default_value_t = OrderArg::Rendezvous)]
-    pub order: OrderArg,
-    /// Hard cap on how long each lock may be held, in seconds (as for `run`).
-    #[arg(long, env = "ISSUELOCK_MAX_HOLD_SECONDS")]
-    pub max_hold_seconds: Option<u64>,
-    /// Seconds between SIGTERM and SIGKILL when a command's tree is stopped (as for `run`).
-    #[arg(long, env = "ISSUELOCK_GRACE_SECONDS")]
-    pub grace_seconds: Option<f64>,
-    #[command(flatten)]
-    pub holder: HolderArgs,
-    /// The command and its arguments, run once per claimed issue.
-    #[arg(last = true, required = true)]
-    pub command: Vec<String>,
-}
-
-/// Candidate orders of `work` and `claim`.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum OrderArg {
-    Rendezvous,
-    Listed,
-}
-
-impl From<OrderArg> for crate::lock::ClaimOrder {
-    fn from(order: OrderArg) -> Self {
-        match order {
-            OrderArg::Rendezvous => crate::lock::ClaimOrder::Rendezvous,
-            OrderArg::Listed => crate::lock::ClaimOrder::Listed,
-        }
-    }
-}
-
-#[derive(Args, Debug)]
-pub struct ControllerArgs {
-    /// Watch only this namespace (default: every namespace).
-    #[arg(long, short = 'n', env = "ISSUELOCK_WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Address of the /metrics, /healthz and /readyz endpoint.
-    #[arg(long, env = "ISSUELOCK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
-    pub http_addr: std::net::SocketAddr,
-    /// Name of this replica on Events and in the election Lease (default: $POD_NAME,
-    /// then <hostname>-<pid>).
-    #[arg(long, env = "ISSUELOCK_INSTANCE")]
-    pub instance: Option<String>,
-    /// Elect one leader among replicas; only the leader reclaims. Disable only when
-    /// exactly one replica runs.
-    #[arg(long, env = "ISSUELOCK_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_election: bool,
-    /// Namespace of the election Lease (default: $POD_NAMESPACE, then the kubeconfig's).
-    #[arg(long, env = "ISSUELOCK_LEADER_ELECTION_NAMESPACE")]
-    pub leader_election_namespace: Option<String>,
-    /// Name of the election Lease.
-    #[arg(
-        long,
-        env = "ISSUELOCK_LEADER_ELECTION_LEASE",
-        default_value = "issuelock-controller"
-    )]
-    pub leader_election_lease: String,
-    /// Election Lease duration (whole seconds): a standby takes over after seeing the
-    /// Lease unchanged this long.
-    #[arg(
-        long,
-        env = "ISSUELOCK_LEADER_LEASE_DURATION_SECONDS",
-        default_value_t = 15
-    )]
-    pub leader_lease_duration_seconds: u64,
-    /// The leader stops reclaiming when it has not renewed for this long (seconds).
-    #[arg(
-        long,
-        env = "ISSUELOCK_LEADER_RENEW_DEADLINE_SECONDS",
-        default_value_t = 10.0
-    )]
-    pub leader_renew_deadline_seconds: f64,
-    /// Renewal and candidate retry period (seconds).
-    #[arg(
-        long,
-        env = "ISSUELOCK_LEADER_RETRY_PERIOD_SECONDS",
-        default_value_t = 1.0
-    )]
-    pub leader_retry_period_seconds: f64,
-    /// Verify lock signatures with the keys in this directory (see `run --signing-keys`)
-    /// and report them in the `SignatureValid` condition.
-    #[arg(long, env = "ISSUELOCK_VERIFY_KEYS")]
-    pub verify_keys: Option<std::path::PathBuf>,
-    /// Reclaim locks whose signature does not verify: at once when it is missing, does
-    /// not match the lock, or was made with a key not bound to the holder (see
-    /// --key-binding); after --unknown-key-grace-seconds when its key id is not among the
-    /// verify keys.
-    #[arg(long, env = "ISSUELOCK_REQUIRE_SIGNATURES", requires = "verify_keys")]
-    pub require_signatures: bool,
-    /// With --require-signatures: how long a lock signed with an unknown key id is kept,
-    /// counted from when this controller first saw it, so a key rotation can reach every
-    /// verifier first.
-    #[arg(
-        long,
-        env = "ISSUELOCK_UNKNOWN_KEY_GRACE_SECONDS",
-        default_value_t = 120
-    )]
-    pub unknown_key_grace_seconds: u64,
-    /// Which worker a verify key may sign for; a lock signed with a key not bound to its
-    /// holder fails verification (`SignatureValid=False`, reason `KeyNotBound`).
-    #[arg(long, env = "ISSUELOCK_KEY_BINDING", value_enum, default_value_t = KeyBinding::None)]
-    pub key_binding: KeyBinding,
-}
-
-#[derive(Args, Debug)]
 pub struct ListArgs {
     /// Namespace to list (default: the kubeconfig's namespace).
     #[arg(long, short = 'n', env = "ISSUELOCK_NAMESPACE")]
@@ -303,40 +162,21 @@ pub struct ListArgs {
     pub output: Output,
 }
 
+/// How each lock of `run`, `work` and `claim` is held, and where and as whom.
 #[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Operations per measured phase.
-    #[arg(long, default_value_t = 500)]
-    pub iterations: usize,
-    /// Operations in flight at once.
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
+pub struct HoldArgs {
+    /// Hard cap on how long a lock may be held, in seconds. The command gets SIGTERM a
+    /// grace period before it ends, so that its tree is gone by then.
+    #[arg(long, env = "ISSUELOCK_MAX_HOLD_SECONDS")]
+    pub max_hold_seconds: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when the command's process tree is stopped
+    /// (default: half of lease duration minus renew deadline, at most 3). Must be shorter
+    /// than lease duration minus renew deadline, so that a holder whose heartbeat fails
+    /// has killed its tree before others may take the lock.
+    #[arg(long, env = "ISSUELOCK_GRACE_SECONDS")]
+    pub grace_seconds: Option<f64>,
     #[command(flatten)]
     pub holder: HolderArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct ShowArgs {
-    /// The issue key.
-    pub issue: String,
-    /// Namespace (default: the kubeconfig's namespace).
-    #[arg(long, short = 'n', env = "ISSUELOCK_NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-}
-
-#[derive(Args, Debug)]
-pub struct ReleaseArgs {
-    /// The issue key.
-    pub issue: String,
-    /// Namespace (default: the kubeconfig's namespace).
-    #[arg(long, short = 'n', env = "ISSUELOCK_NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Confirm deleting a lock this process does not hold; its holder will find it lost.
-    #[arg(long)]
-    pub force: bool,
 }
 
 /// Output formats of `list`.
@@ -355,24 +195,16 @@ pub async fn run(cli: Cli) -> ExitCode {
     } = cli;
     init_logging(log_format);
     let result = match command {
-        Command::Crd => {
-            print!("{}", crd::definition_yaml());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Crd => crd::crd(),
         Command::Run(args) => run::run_locked(args).await,
         Command::Work(args) => work::work(args).await,
         Command::Claim(args) => work::claim(args).await,
         Command::List(args) => list(args).await,
-        Command::Show(args) => show(args).await,
-        Command::Bench(args) => bench(args).await,
-        Command::Release(args) => force_release(args).await,
-        Command::Controller(args) => controller(args).await,
-        Command::LockName { issue } => crate::key::IssueKey::parse(&issue)
-            .map(|key| {
-                println!("{}", key.lock_name());
-                ExitCode::SUCCESS
-            })
-            .map_err(Error::from),
+        Command::Show(args) => show::show(args).await,
+        Command::Bench(args) => bench::bench(args).await,
+        Command::Release(args) => release::force_release(args).await,
+        Command::Controller(args) => controller::controller(args).await,
+        Command::LockName(args) => lock_name::lock_name(args),
         Command::Supervise(args) => Ok(crate::supervise::supervise(args).await),
     };
     result.unwrap_or_else(|e| {
@@ -423,10 +255,7 @@ pub async fn lock_client(
         signing_keys,
         signing_key_id,
     } = args;
-    let keys = signing_keys
-        .map(|dir| crate::signature::Keyring::from_dir(&dir, signing_key_id.as_deref()))
-        .transpose()?
-        .map(std::sync::Arc::new);
+    let keys = keyring(signing_keys, signing_key_id.as_deref())?;
     let heartbeat = lease_timing(
         "",
         lease_duration_seconds,
@@ -454,85 +283,16 @@ pub async fn lock_client(
     .await
 }
 
-async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> {
-    let ControllerArgs {
-        namespace,
-        http_addr,
-        instance,
-        leader_election,
-        leader_election_namespace,
-        leader_election_lease,
-        leader_lease_duration_seconds,
-        leader_renew_deadline_seconds,
-        leader_retry_period_seconds,
-        verify_keys,
-        require_signatures,
-        unknown_key_grace_seconds,
-        key_binding,
-    } = args;
-    let keys = verify_keys
-        .map(|dir| crate::signature::Keyring::from_dir(&dir, None))
-        .transpose()?
-        .map(std::sync::Arc::new);
-    let timing = lease_timing(
-        "leader ",
-        leader_lease_duration_seconds,
-        leader_renew_deadline_seconds,
-        leader_retry_period_seconds,
-    )?;
-    let client = kube_client().await?;
-    let me = HolderIdentity::from_env(instance);
-    let metrics = std::sync::Arc::new(crate::controller::metrics::Metrics::default());
-    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let bound = crate::controller::http::serve(http_addr, metrics.clone(), ready.clone())
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {http_addr}: {e}")))?;
-    tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (leadership, campaign) = if leader_election {
-        let namespace = leader_election_namespace
-            .or_else(|| me.pod_namespace.clone())
-            .unwrap_or_else(|| client.default_namespace().to_owned());
-        let config = crate::leader::LeaderConfig {
-            namespace,
-            lease_name: leader_election_lease,
-            identity: me.new_lease_name(),
-            timing,
-            call_timeout: Duration::from_secs(10),
-        };
-        let (leadership, task) = crate::leader::campaign(client.clone(), config, stop.clone())?;
-        (leadership, Some(task))
-    } else {
-        (crate::leader::Leadership::always(), None)
-    };
-    let config = crate::controller::ControllerConfig {
-        namespace,
-        instance: me.identity,
-        keys,
-        require_signatures,
-        unknown_key_grace: Duration::from_secs(unknown_key_grace_seconds),
-        key_binding,
-    };
-    let shutdown = {
-        let stop = stop.clone();
-        async move {
-            shutdown_signal().await;
-            stop.cancel();
-        }
-    };
-    let replica = crate::controller::Replica {
-        metrics,
-        ready,
-        leadership,
-    };
-    let result = crate::controller::run(client, config, replica, shutdown).await;
-    stop.cancel();
-    if let Some(task) = campaign {
-        let _ = task.await;
-    }
-    result?;
-    tracing::info!("controller stopped");
-    Ok(ExitCode::SUCCESS)
+/// The keys in `dir` (one file per key), if given; `key_id` picks the signing key
+/// (default: the greatest key id).
+fn keyring(
+    dir: Option<std::path::PathBuf>,
+    key_id: Option<&str>,
+) -> Result<Option<std::sync::Arc<crate::signature::Keyring>>, Error> {
+    let keys = dir
+        .map(|dir| crate::signature::Keyring::from_dir(&dir, key_id))
+        .transpose()?;
+    Ok(keys.map(std::sync::Arc::new))
 }
 
 /// Lease timing from command-line seconds, validated (`what` prefixes error messages).
@@ -628,31 +388,6 @@ fn print_as<T: serde::Serialize>(output: Output, value: &T, table: impl FnOnce()
     }
 }
 
-async fn bench(args: BenchArgs) -> Result<ExitCode, Error> {
-    let BenchArgs {
-        iterations,
-        concurrency,
-        holder,
-    } = args;
-    if iterations < 16 {
-        return Err(Error::Config("bench needs at least 16 iterations".into()));
-    }
-    let client = kube_client().await?;
-    let locks = lock_client(holder, None).await?;
-    let report = crate::bench::run(
-        client,
-        locks.clone(),
-        crate::bench::BenchConfig {
-            iterations,
-            concurrency,
-        },
-    )
-    .await;
-    let _ = locks.shutdown().await;
-    print!("{}", report?);
-    Ok(ExitCode::SUCCESS)
-}
-
 /// Reads the lock of `issue` in `namespace` (default: the kubeconfig's); `None` (after
 /// telling the user) when the issue is not locked.
 async fn read_issue_lock(
@@ -671,59 +406,6 @@ async fn read_issue_lock(
         eprintln!("issuelock: issue {issue:?} is not locked in namespace {ns:?}");
     }
     Ok(lock.map(|l| (api, l)))
-}
-
-fn api_namespace(lock: &IssueLock) -> String {
-    lock.metadata.namespace.clone().unwrap_or_default()
-}
-
-async fn show(args: ShowArgs) -> Result<ExitCode, Error> {
-    let ShowArgs {
-        issue,
-        namespace,
-        output,
-    } = args;
-    let Some((_, lock)) = read_issue_lock(&issue, namespace).await? else {
-        return Ok(ExitCode::from(EXIT_FAILURE));
-    };
-    print_as(output, &lock, || crate::table::describe(&lock));
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn force_release(args: ReleaseArgs) -> Result<ExitCode, Error> {
-    let ReleaseArgs {
-        issue,
-        namespace,
-        force,
-    } = args;
-    let key = crate::key::IssueKey::parse(&issue)?;
-    if !force {
-        return Err(Error::Config(
-            "releasing a lock held by another process is an administrator's action; pass --force"
-                .into(),
-        ));
-    }
-    let Some((api, lock)) = read_issue_lock(&issue, namespace).await? else {
-        return Ok(ExitCode::from(EXIT_FAILURE));
-    };
-    let (name, ns) = (key.lock_name(), api_namespace(&lock));
-    // Delete exactly the lock we looked at, never a newer one.
-    let uid = lock.metadata.uid.clone().unwrap_or_default();
-    let version = lock.metadata.resource_version.as_deref();
-    match delete_exact(&api, &name, &uid, version).await {
-        Ok(Deleted::Deleted) => {
-            println!(
-                "released lock on {issue:?} held by {}",
-                lock.spec.holder.identity
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(Deleted::GoneOrChanged) => {
-            eprintln!("issuelock: the lock on {issue:?} changed meanwhile; nothing released");
-            Ok(ExitCode::from(EXIT_FAILURE))
-        }
-        Err(e) => Err(classify("release lock", &ns, e)),
-    }
 }
 
 #[cfg(test)]

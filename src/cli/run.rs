@@ -2,13 +2,14 @@
 //! whole process tree, forwards signals to it, and maps how it ended to `run`'s exit code.
 
 use super::{
-    EXIT_CANNOT_EXECUTE, EXIT_FAILURE, EXIT_HELD, EXIT_LOST, EXIT_NOT_FOUND, RunArgs, lease_timing,
-    lock_client,
+    EXIT_CANNOT_EXECUTE, EXIT_FAILURE, EXIT_HELD, EXIT_LOST, EXIT_NOT_FOUND, HoldArgs, HolderArgs,
+    lease_timing, lock_client,
 };
 use crate::error::Error;
 use crate::heartbeat::HeartbeatConfig;
 use crate::lock::{Acquisition, LockClient, LockGuard};
 use crate::supervise::{CommandStatus, Order, Report, StopCause, Supervisor};
+use clap::Args;
 use nix::sys::signal::Signal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,31 +25,39 @@ const REPORT_MARGIN: Duration = Duration::from_secs(1);
 /// supervisor is unresponsive.
 const SETTLE_LIMIT: Duration = Duration::from_millis(200);
 
+/// The arguments of `run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The issue key to lock.
+    #[arg(long, short = 'i', env = "ISSUELOCK_ISSUE")]
+    pub issue: String,
+    /// Wait this long for a held lock (e.g. 30s, 5m; watching the lock, no polling)
+    /// before giving up with exit 75. Default: do not wait.
+    #[arg(long, env = "ISSUELOCK_WAIT")]
+    pub wait: Option<String>,
+    #[command(flatten)]
+    pub hold: HoldArgs,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
 pub(super) async fn run_locked(args: RunArgs) -> Result<ExitCode, Error> {
     let RunArgs {
         issue,
         wait,
-        max_hold_seconds,
-        grace_seconds,
-        holder,
+        hold,
         command,
     } = args;
     crate::key::IssueKey::parse(&issue)?;
     let wait = wait
         .map(|w| super::duration::parse(&w).map_err(|e| Error::Config(format!("--wait: {e}"))))
         .transpose()?;
-    let timing = lease_timing(
-        "",
-        holder.lease_duration_seconds,
-        holder.renew_deadline_seconds,
-        holder.renew_interval_seconds,
-    )?;
-    let max_hold = max_hold_seconds.map(Duration::from_secs);
-    let grace = grace_period(grace_seconds, &timing, max_hold)?;
+    let (held, max_hold) = hold.held()?;
     // Before the first API call: from here on, none of these signals ends `run` without
     // releasing what it took.
     let mut signals = ForwardedSignals::install()?;
-    let locks = lock_client(holder, max_hold).await?;
+    let locks = lock_client(hold.holder, max_hold).await?;
     let result = match signals.pending() {
         Some(sig) => {
             eprintln!(
@@ -56,16 +65,35 @@ pub(super) async fn run_locked(args: RunArgs) -> Result<ExitCode, Error> {
             );
             Ok(signal_exit(sig))
         }
-        None => {
-            let held = Held::new(&timing, grace);
-            run_with(&locks, &issue, wait, &command, held, &mut signals).await
-        }
+        None => run_with(&locks, &issue, wait, &command, held, &mut signals).await,
     };
     // Releases whatever is still held and deletes the heartbeat Lease.
     if let Err(e) = locks.shutdown().await {
         tracing::warn!(error = %e.chain(), "clean shutdown failed; the controller will reclaim what is left");
     }
     result
+}
+
+impl HoldArgs {
+    /// How each lock is held under these flags (the timing checked), and its max hold
+    /// time.
+    pub(super) fn held(&self) -> Result<(Held, Option<Duration>), Error> {
+        let HolderArgs {
+            lease_duration_seconds,
+            renew_deadline_seconds,
+            renew_interval_seconds,
+            ..
+        } = &self.holder;
+        let timing = lease_timing(
+            "",
+            *lease_duration_seconds,
+            *renew_deadline_seconds,
+            *renew_interval_seconds,
+        )?;
+        let max_hold = self.max_hold_seconds.map(Duration::from_secs);
+        let grace = grace_period(self.grace_seconds, &timing, max_hold)?;
+        Ok((Held::new(&timing, grace), max_hold))
+    }
 }
 
 /// The grace period of `run`: the one given, or half the slack between lease duration

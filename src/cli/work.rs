@@ -6,15 +6,61 @@
 //! watch of the namespace's locks (and the client's watch of its own locks), however
 //! many issues it processes.
 
-use super::run::{ForwardedSignals, Held, grace_period, run_held, signal_exit};
-use super::{EXIT_HELD, EXIT_LOST, WorkArgs, lease_timing, lock_client};
+use super::run::{ForwardedSignals, Held, run_held, signal_exit};
+use super::{EXIT_HELD, EXIT_LOST, HoldArgs, lock_client};
 use crate::error::Error;
 use crate::key::IssueKey;
 use crate::lock::{Claimed, LockClient, Worker};
+use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// The arguments of `work` and `claim`.
+#[derive(Args, Debug)]
+pub struct WorkArgs {
+    /// The candidate issue keys, one per line: a file, or `-` for stdin.
+    #[arg(long)]
+    pub issues: String,
+    /// An issue is done when a file named after its lock name exists in this directory;
+    /// `work` creates that file when the command exits 0 while the lock is still held.
+    #[arg(long, conflicts_with = "done_cmd")]
+    pub done_dir: Option<std::path::PathBuf>,
+    /// An issue is done when this shell command exits 0 (1: not done; anything else is
+    /// an error). It sees ISSUELOCK_ISSUE and ISSUELOCK_LOCK_NAME.
+    #[arg(long)]
+    pub done_cmd: Option<String>,
+    /// Keep reading the list (a file as it grows, stdin until it closes) instead of
+    /// exiting once no candidate is left (`work` only).
+    #[arg(long)]
+    pub follow: bool,
+    /// The order to try candidates in: this worker's own (rendezvous), or the list's (a
+    /// priority order; workers sharing it conflict more).
+    #[arg(long, value_enum, default_value_t = OrderArg::Rendezvous)]
+    pub order: OrderArg,
+    #[command(flatten)]
+    pub hold: HoldArgs,
+    /// The command and its arguments, run once per claimed issue.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Candidate orders of `work` and `claim`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OrderArg {
+    Rendezvous,
+    Listed,
+}
+
+impl From<OrderArg> for crate::lock::ClaimOrder {
+    fn from(order: OrderArg) -> Self {
+        match order {
+            OrderArg::Rendezvous => crate::lock::ClaimOrder::Rendezvous,
+            OrderArg::Listed => crate::lock::ClaimOrder::Listed,
+        }
+    }
+}
 
 /// Exit code of `work` when a command it ran failed or lost its lock (every issue was
 /// still tried), and of `claim` when every candidate is done.
@@ -120,17 +166,10 @@ struct Prepared {
 }
 
 fn prepare(args: &WorkArgs) -> Result<Prepared, Error> {
-    let timing = lease_timing(
-        "",
-        args.holder.lease_duration_seconds,
-        args.holder.renew_deadline_seconds,
-        args.holder.renew_interval_seconds,
-    )?;
-    let max_hold = args.max_hold_seconds.map(Duration::from_secs);
-    let grace = grace_period(args.grace_seconds, &timing, max_hold)?;
+    let (held, max_hold) = args.hold.held()?;
     Ok(Prepared {
         done: DoneCheck::from_args(args.done_dir.clone(), args.done_cmd.clone())?,
-        held: Held::new(&timing, grace),
+        held,
         max_hold,
     })
 }
@@ -145,7 +184,7 @@ pub(super) async fn work(args: WorkArgs) -> Result<ExitCode, Error> {
         futures::stream::iter(keys).boxed()
     };
     let mut signals = ForwardedSignals::install()?;
-    let locks = lock_client(args.holder, prepared.max_hold).await?;
+    let locks = lock_client(args.hold.holder, prepared.max_hold).await?;
     let mut worker = Worker::new(locks.clone(), input).order(args.order.into());
     let mut tally = Tally::default();
     let done = &prepared.done;
@@ -219,7 +258,7 @@ pub(super) async fn claim(args: WorkArgs) -> Result<ExitCode, Error> {
     let prepared = prepare(&args)?;
     let keys = super::issues::read_list(&args.issues).await?;
     let mut signals = ForwardedSignals::install()?;
-    let locks = lock_client(args.holder, prepared.max_hold).await?;
+    let locks = lock_client(args.hold.holder, prepared.max_hold).await?;
     let result = claim_one(
         &locks,
         &keys,
