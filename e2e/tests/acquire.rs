@@ -55,7 +55,6 @@ async fn sixty_four_racers_one_winner_and_tokens_increase() {
         g2.fencing_token()
     );
     g2.release().await.unwrap();
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -96,7 +95,6 @@ async fn release_of_a_deleted_lock_reports_lost_and_never_deletes_the_successor(
     let name = gb.name().to_owned();
     gb.release().await.unwrap();
     assert!(api.get_opt(&name).await.unwrap().is_none());
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -112,15 +110,14 @@ async fn a_client_does_not_take_its_own_lock_twice() {
     };
     assert_eq!(by.holder.lease, a.holder().lease);
     g.release().await.unwrap();
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
 async fn cli_run_holds_the_lock_while_the_command_runs() {
     let client = client().await;
     let ns = namespace(&client, "cli-run").await;
-    let out = issuelock()
-        .args(["run", "-n", &ns, "--identity", "cli-worker", "--issue", "org/repo#7", "--"])
+    let out = issuelock_run(&ns, "org/repo#7")
+        .args(["--identity", "cli-worker", "--"])
         .args(["sh", "-c", "kubectl get issuelocks -n \"$NS\" -o jsonpath='{.items[*].spec.issue}'; echo \" token=$ISSUELOCK_FENCING_TOKEN\"; exit 3"])
         .env("NS", &ns)
         .output()
@@ -143,18 +140,8 @@ async fn cli_run_holds_the_lock_while_the_command_runs() {
     let Acquisition::Acquired(g) = a.try_acquire("org/repo#7").await.unwrap() else {
         panic!()
     };
-    let out = issuelock()
-        .args([
-            "run",
-            "-n",
-            &ns,
-            "--issue",
-            "org/repo#7",
-            "--",
-            "sh",
-            "-c",
-            "echo ran",
-        ])
+    let out = issuelock_run(&ns, "org/repo#7")
+        .args(["--", "sh", "-c", "echo ran"])
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
@@ -182,5 +169,4 @@ async fn cli_run_holds_the_lock_while_the_command_runs() {
     let items: Vec<IssueLock> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(items.len(), 1);
     g.release().await.unwrap();
-    delete_namespace(&client, &ns).await;
 }

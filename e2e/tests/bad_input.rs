@@ -41,20 +41,15 @@ async fn bad_keys_are_rejected_before_any_call() {
         (long.as_str(), "limit is 1024"),
         ("a\nb", "U+000A"),
     ] {
-        let out = issuelock()
-            .args(["run", "-n", &ns, "--issue", key, "--", "true"])
-            .output()
-            .unwrap();
-        let (_, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(
-            stderr.contains("invalid issue key") && stderr.contains(message),
-            "{stderr}"
+        let stderr = exits_with(
+            issuelock_run(&ns, key).args(["--", "true"]),
+            2,
+            "invalid issue key",
         );
+        assert!(stderr.contains(message), "{stderr}");
     }
     let left = kubectl_ok(&["get", "issuelocks", "-n", &ns, "-o", "name"]);
     assert!(left.trim().is_empty(), "nothing may be left behind: {left}");
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -69,23 +64,10 @@ async fn missing_namespace_is_named() {
         matches!(&err, Error::NamespaceNotFound { namespace } if namespace == "no-such-namespace-e2e"),
         "{err:?}"
     );
-    let out = issuelock()
-        .args([
-            "run",
-            "-n",
-            "no-such-namespace-e2e",
-            "--issue",
-            "x",
-            "--",
-            "true",
-        ])
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr.contains("namespace \"no-such-namespace-e2e\" does not exist"),
-        "{stderr}"
+    exits_with(
+        issuelock_run("no-such-namespace-e2e", "x").args(["--", "true"]),
+        1,
+        "namespace \"no-such-namespace-e2e\" does not exist",
     );
 }
 
@@ -147,16 +129,12 @@ async fn a_user_without_rbac_is_told_so() {
     );
     assert!(err.chain().contains("issuelocks"), "{}", err.chain());
 
-    let out = issuelock()
-        .env("KUBECONFIG", &kc)
-        .args(["run", "-n", &ns, "--issue", "x", "--", "true"])
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr.contains("permission denied while trying to create lock"),
-        "{stderr}"
+    exits_with(
+        issuelock_run(&ns, "x")
+            .env("KUBECONFIG", &kc)
+            .args(["--", "true"]),
+        1,
+        "permission denied while trying to create lock",
     );
 
     // `work` may not list and watch the namespace's locks: it says so and exits 1 instead
@@ -190,7 +168,6 @@ async fn a_user_without_rbac_is_told_so() {
         "{stderr}"
     );
     locks.shutdown().await.unwrap();
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -208,37 +185,25 @@ async fn an_unreachable_api_server_is_named_and_fails_fast() {
     let kc = scratch.0.join("kubeconfig");
     std::fs::write(&kc, serde_yaml::to_string(&doc).unwrap()).unwrap();
     let started = std::time::Instant::now();
-    let out = issuelock()
-        .env("KUBECONFIG", &kc)
-        .args([
-            "run",
-            "-n",
-            "default",
-            "--issue",
-            "x",
+    exits_with(
+        issuelock_run("default", "x").env("KUBECONFIG", &kc).args([
             "--call-timeout-seconds",
             "3",
             "--",
             "true",
-        ])
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("cannot reach the API server while trying to create heartbeat lease"),
-        "{stderr}"
+        ]),
+        1,
+        "cannot reach the API server while trying to create heartbeat lease",
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 
-    let out = issuelock()
-        .env("KUBECONFIG", scratch.0.join("missing"))
-        .args(["list"])
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("kubeconfig"), "{stderr}");
+    exits_with(
+        issuelock()
+            .env("KUBECONFIG", scratch.0.join("missing"))
+            .args(["list"]),
+        2,
+        "kubeconfig",
+    );
 }
 
 #[test]
@@ -253,31 +218,25 @@ fn inconsistent_heartbeat_timing_is_rejected_before_any_call() {
             "renew deadline (10s) must be greater than the renew interval (10s)",
         ),
     ] {
-        let out = issuelock()
-            .args(["run", "--issue", "x"])
-            .args(flags)
-            .args(["--", "true"])
-            .output()
-            .unwrap();
-        let (_, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains(message), "{stderr}");
+        exits_with(
+            issuelock()
+                .args(["run", "--issue", "x"])
+                .args(flags)
+                .args(["--", "true"]),
+            2,
+            message,
+        );
     }
-    let out = issuelock()
-        .args([
+    exits_with(
+        issuelock().args([
             "controller",
             "--leader-lease-duration-seconds",
             "5",
             "--http-addr",
             "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("lease duration (5s) must be greater than the renew deadline (10s)"),
-        "{stderr}"
+        ]),
+        2,
+        "lease duration (5s) must be greater than the renew deadline (10s)",
     );
 }
 
@@ -288,14 +247,11 @@ async fn an_absurd_max_hold_time_is_refused_before_any_call() {
     let client = client().await;
     let ns = namespace(&client, "bad-max-hold").await;
     for max_hold in ["18446744073709551615", "9223372036854775808", "400000000"] {
-        let out = issuelock()
-            .args(["run", "-n", &ns, "--issue", "org/repo#max"])
-            .args(["--max-hold-seconds", max_hold, "--", "true"])
-            .output()
-            .unwrap();
-        let (_, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{max_hold}: {stderr}");
-        assert!(stderr.contains("max hold time"), "{stderr}");
+        exits_with(
+            issuelock_run(&ns, "org/repo#max").args(["--max-hold-seconds", max_hold, "--", "true"]),
+            2,
+            "max hold time",
+        );
     }
     let locks = kubectl_ok(&["get", "issuelocks", "-n", &ns, "-o", "name"]);
     let leases = kubectl_ok(&["get", "leases", "-n", &ns, "-o", "name"]);
@@ -303,5 +259,4 @@ async fn an_absurd_max_hold_time_is_refused_before_any_call() {
         locks.trim().is_empty() && leases.trim().is_empty(),
         "nothing left behind: {locks} {leases}"
     );
-    delete_namespace(&client, &ns).await;
 }

@@ -429,8 +429,6 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
             .success(),
         "crds.keep keeps the CRD"
     );
-    delete_namespace(&client, &sys).await;
-    delete_namespace(&client, &work).await;
 }
 
 #[tokio::test]
@@ -501,7 +499,6 @@ async fn kubectl_plugin_lists_shows_and_force_releases() {
     let (code, _, err) = plugin(&["show", "org/repo#plugin", "-n", &ns]);
     assert_eq!(code, Some(1));
     assert!(err.contains("is not locked"), "{err}");
-    delete_namespace(&client, &ns).await;
 }
 
 /// Two pods of one ServiceAccount, each with a token bound to it: a worker in pod A takes

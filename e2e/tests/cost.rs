@@ -105,7 +105,6 @@ async fn live_locks_are_not_rewritten_and_a_pod_deletion_reclaims_only_its_own_l
         );
     }
     drop(workers);
-    delete_namespace(&client, &ns).await;
 }
 
 fn holder_alive(lock: &issuelock::IssueLock) -> bool {
@@ -183,5 +182,4 @@ async fn under_api_errors_the_controller_backs_off_and_reclaims_only_what_it_con
         ),
         Some(1.0)
     );
-    delete_namespace(&client, &ns).await;
 }

@@ -50,7 +50,6 @@ async fn crd_is_established_and_kubectl_shows_columns_and_docs() {
         "{explain_holder}"
     );
     guard.release().await.unwrap();
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -123,5 +122,4 @@ async fn the_api_server_rejects_objects_that_violate_the_schema() {
         "jsonpath={.spec.holder.identity}",
     ]);
     assert_eq!(holder, "someone");
-    delete_namespace(&client, &ns).await;
 }

@@ -142,7 +142,6 @@ async fn the_rust_worker_example_processes_each_issue_once() {
     )]);
     assert!(outputs[0].contains("completed org/repo#one"), "{outputs:?}");
     assert!(locks_in(&client, &ns).await.is_empty());
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -161,7 +160,7 @@ async fn the_shell_worker_example_processes_each_issue_once() {
             .map(|w| {
                 let mut c = Command::new(format!("{EXAMPLES}/shell/worker.sh"));
                 c.args([
-                    &ns,
+                    ns.as_str(),
                     &list.display().to_string(),
                     &done.display().to_string(),
                 ])
@@ -176,7 +175,6 @@ async fn the_shell_worker_example_processes_each_issue_once() {
     assert_each_once(&outputs, "processing ", n);
     assert_eq!(std::fs::read_dir(&done).unwrap().count(), n);
     assert!(locks_in(&client, &ns).await.is_empty());
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -196,7 +194,7 @@ async fn the_python_cli_worker_example_processes_each_issue_once() {
                 let mut c = Command::new(&python);
                 c.arg(format!("{EXAMPLES}/python/cli_worker.py"))
                     .args([
-                        &ns,
+                        ns.as_str(),
                         &list.display().to_string(),
                         &done.display().to_string(),
                     ])
@@ -210,7 +208,6 @@ async fn the_python_cli_worker_example_processes_each_issue_once() {
     );
     assert_each_once(&outputs, "processed ", n);
     assert!(locks_in(&client, &ns).await.is_empty());
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -265,5 +262,4 @@ async fn the_worker_deployment_manifest_is_accepted_and_bound_by_the_chart() {
                 })
         });
     assert!(bound, "no RoleBinding of issue-worker in {ns}:\n{rendered}");
-    delete_namespace(&client, &ns).await;
 }

@@ -58,7 +58,6 @@ async fn a_foreign_lock_recording_less_than_its_lease_is_not_reclaimed() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     let reasons = event_reasons(&client, &ns).await;
     let still = lock_of(&client, &ns, key).await;
-    delete_namespace(&client, &ns).await;
     assert!(
         still.is_some(),
         "a lock written as PROTOCOL.md says, on a Lease renewed 6 s ago with a 120 s duration, \
@@ -110,7 +109,6 @@ async fn a_sigkilled_python_worker_leaves_no_command_behind() {
             .args(["-9", "--", &format!("-{pid}")])
             .status(); // its own session
     }
-    delete_namespace(&client, &ns).await;
     assert!(
         pids.is_empty(),
         "the SIGKILLed Python worker's command is still running (pids {pids}); its lock is \

@@ -83,7 +83,6 @@ async fn a_lock_riding_on_another_workers_heartbeat_is_reclaimed() {
         "the victim's own heartbeat is untouched"
     );
     victim.shutdown().await.unwrap();
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -113,5 +112,4 @@ async fn a_lock_in_anothers_name_naming_our_lease_is_held_not_ours() {
         "the forger's lock is left to its creator and the controller"
     );
     victim.shutdown().await.unwrap();
-    delete_namespace(&client, &ns).await;
 }

@@ -48,7 +48,6 @@ async fn a_deleted_lock_fires_its_guards_lost_signal() {
             .is_none(),
         "shutdown deletes the Lease"
     );
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -97,7 +96,6 @@ async fn process_safely_reports_completed_held_and_lost() {
     assert!(t.elapsed() < Duration::from_secs(10));
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -167,7 +165,6 @@ async fn heartbeat_writes_do_not_grow_with_the_number_of_locks() {
     drop(guards);
     many.shutdown().await.unwrap();
     one.shutdown().await.unwrap();
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -206,7 +203,6 @@ async fn the_benchmark_prints_figures_against_the_floor() {
             .is_empty(),
         "bench cleans up"
     );
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -249,5 +245,4 @@ async fn a_lost_heartbeat_marks_every_guard_lost_and_refuses_new_acquires() {
         lock_of(&client, &ns, "d").await.is_none(),
         "nothing created"
     );
-    delete_namespace(&client, &ns).await;
 }

@@ -326,7 +326,6 @@ async fn python_and_rust_workers_race_over_the_same_issues() {
         started.elapsed().as_secs_f64()
     );
     drop(fleet);
-    delete_namespace(&client, &ns).await;
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -370,7 +369,7 @@ async fn a_lock_not_named_after_its_issue_is_reported() {
     }
     let condition = |name: &'static str| {
         let client = client.clone();
-        let ns = ns.clone();
+        let ns = ns.to_string();
         async move {
             let api: Api<IssueLock> = Api::namespaced(client, &ns);
             let lock = api.get(name).await.ok()?;
@@ -419,7 +418,6 @@ async fn a_lock_not_named_after_its_issue_is_reported() {
     let api: Api<IssueLock> = Api::namespaced(client.clone(), &ns);
     assert!(api.get_opt(wrong).await.unwrap().is_some());
     assert!(api.get_opt(right).await.unwrap().is_some());
-    delete_namespace(&client, &ns).await;
 }
 
 fn kubectl_ok_stdin(args: &[&str], stdin: &str) {
@@ -508,5 +506,4 @@ async fn the_chart_policy_refuses_a_lock_not_named_after_its_issue() {
         assert!(out.status.success(), "{name} refused: {}", text(&out).1);
     }
     kubectl_ok_stdin(&["delete", "-f", "-"], &policy);
-    delete_namespace(&client, &ns).await;
 }

@@ -88,7 +88,6 @@ async fn a_standby_takes_over_and_reclaims_when_the_leader_is_killed() {
         "reclaimed once, by one replica: {reclaims:?}"
     );
     assert_eq!(reclaims[0].count.unwrap_or(1), 1);
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -149,5 +148,4 @@ async fn a_paused_leader_stops_acting_and_the_standby_takes_over() {
         a_metrics.contains("issuelock_reclaims_total{reason=\"lease_expired\"} 0"),
         "{a_metrics}"
     );
-    delete_namespace(&client, &ns).await;
 }

@@ -71,7 +71,6 @@ async fn a_release_that_fails_during_an_outage_is_retried_until_the_lock_is_gone
     wait_no_lock(&admin, &ns, "org/repo#1").await;
     wait_cleaned_up(&locks, 1).await;
     locks.shutdown().await.unwrap();
-    delete_namespace(&admin, &ns).await;
 }
 
 #[tokio::test]
@@ -106,7 +105,6 @@ async fn a_create_whose_answer_is_lost_leaves_no_lock_once_the_api_answers_again
     };
     guard.release().await.unwrap();
     locks.shutdown().await.unwrap();
-    delete_namespace(&admin, &ns).await;
 }
 
 #[tokio::test]
@@ -131,7 +129,6 @@ async fn an_acquire_future_dropped_after_its_create_was_sent_leaves_no_lock() {
     wait_no_lock(&admin, &ns, "org/repo#3").await;
     wait_cleaned_up(&locks, 1).await;
     locks.shutdown().await.unwrap();
-    delete_namespace(&admin, &ns).await;
 }
 
 /// A TCP proxy in front of the API server that can let requests through while throwing

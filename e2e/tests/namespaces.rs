@@ -193,8 +193,6 @@ async fn a_holder_whose_pod_is_in_another_namespace_is_judged_there() {
         1,
         "exactly one reclaim (the deleted pod's): {reasons:?}"
     );
-    delete_namespace(&client, &locks_ns).await;
-    delete_namespace(&client, &pods_ns).await;
 }
 
 #[tokio::test]
@@ -246,7 +244,6 @@ async fn an_unknown_key_id_is_reclaimed_after_the_grace_and_not_before() {
     );
     assert!(guard.is_lost());
     let _ = locks.shutdown().await;
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -313,7 +310,6 @@ async fn a_lock_signed_with_another_workers_key_is_reported_then_reclaimed() {
     honest_guard.release().await.unwrap();
     let _ = honest.shutdown().await;
     let _ = impostor.shutdown().await;
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -394,6 +390,4 @@ async fn a_controller_that_may_not_read_the_pods_namespace_judges_by_the_lease()
         "HolderLeaseExpired",
     )
     .await;
-    delete_namespace(&client, &locks_ns).await;
-    delete_namespace(&client, &pods_ns).await;
 }

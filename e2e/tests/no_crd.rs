@@ -18,15 +18,10 @@ async fn a_cluster_without_the_crd_is_named() {
     let err = locks.try_acquire("x").await.unwrap_err();
     assert!(matches!(err, issuelock::Error::CrdNotInstalled), "{err:?}");
 
-    let out = issuelock()
-        .args(["run", "-n", "default", "--issue", "x", "--", "true"])
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr.contains("the IssueLock CRD (issuelocks.issuelock.dev/v1alpha1) is not installed"),
-        "{stderr}"
+    exits_with(
+        issuelock_run("default", "x").args(["--", "true"]),
+        1,
+        "the IssueLock CRD (issuelocks.issuelock.dev/v1alpha1) is not installed",
     );
     let out = issuelock()
         .args(["list", "-n", "default"])
@@ -62,20 +57,16 @@ fn a_crd_older_than_the_client_is_named() {
         "--timeout=60s",
         "crd/issuelocks.issuelock.dev",
     ]);
-    let out = issuelock()
-        .args(["run", "-n", "default", "--issue", "old-crd", "--", "true"])
-        .env("POD_NAME", "worker-0")
-        .env("POD_UID", "00000000-0000-0000-0000-000000000001")
-        .env("POD_NAMESPACE", "elsewhere")
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("dropped spec.holder.pod.namespace")
-            && stderr.contains("older than this client"),
-        "{stderr}"
+    let stderr = exits_with(
+        issuelock_run("default", "old-crd")
+            .args(["--", "true"])
+            .env("POD_NAME", "worker-0")
+            .env("POD_UID", "00000000-0000-0000-0000-000000000001")
+            .env("POD_NAMESPACE", "elsewhere"),
+        2,
+        "dropped spec.holder.pod.namespace",
     );
+    assert!(stderr.contains("older than this client"), "{stderr}");
     let left = kubectl_ok(&["get", "issuelocks", "-n", "default", "-o", "name"]);
     assert!(left.trim().is_empty(), "no lock left behind: {left}");
     // Leave the cluster as found: without the CRD.

@@ -50,8 +50,8 @@ fn start_run(ns: &str, issue: &str, dir: &Path, on_term: &str, flags: &[&str]) -
     use std::os::unix::process::CommandExt;
     let script = write_script(dir);
     let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
-    issuelock()
-        .args(["run", "-n", ns, "--identity", "tree", "--issue", issue])
+    issuelock_run(ns, issue)
+        .args(["--identity", "tree"])
         .args(flags)
         .args(["--", "sh"])
         .arg(&script)
@@ -152,7 +152,6 @@ async fn a_lost_lock_stops_the_whole_tree_after_the_grace_period() {
         "lock deleted → tree (ignoring SIGTERM) killed and run exited after {took:.3}s (grace {GRACE}s)"
     );
     assert!((GRACE..GRACE + 3.0).contains(&took), "{took}");
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -176,7 +175,6 @@ async fn sigkill_of_run_kills_the_whole_tree_at_once() {
     );
     assert!(took < 1.0, "{took}");
     let _ = run.wait();
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -202,7 +200,6 @@ async fn sigterm_reaches_the_command_first_and_run_exits_143() {
     );
     assert_eq!(living(&pids), [], "{stderr}");
     assert!(locks_in(&ns).trim().is_empty(), "the lock was released");
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -229,7 +226,6 @@ async fn a_paused_run_has_its_tree_stopped_before_the_lease_expires() {
     let stderr = stderr_of(&scratch.0);
     assert_eq!(status.code(), Some(76), "{stderr}");
     assert!(stderr.contains("trust-expired"), "{stderr}");
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -248,16 +244,8 @@ sleep 300 & wait"#,
     )
     .unwrap();
     let started = Instant::now();
-    let out = issuelock()
-        .args([
-            "run",
-            "-n",
-            &ns,
-            "--identity",
-            "tree",
-            "--issue",
-            "org/repo#left",
-        ])
+    let out = issuelock_run(&ns, "org/repo#left")
+        .args(["--identity", "tree"])
         .args(["--grace-seconds", "4", "--"])
         .args(["sh", "-c"])
         .arg(format!(
@@ -287,7 +275,6 @@ sleep 300 & wait"#,
         "command with a leftover: run exited 0 after {:.3}s",
         started.elapsed().as_secs_f64()
     );
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -319,20 +306,14 @@ async fn a_killed_supervisor_leaves_nothing_behind() {
     );
     assert_eq!(living(&pids), [], "{stderr}");
     assert!(locks_in(&ns).trim().is_empty(), "the lock was released");
-    delete_namespace(&client, &ns).await;
 }
 
 #[test]
 fn a_grace_period_longer_than_the_slack_is_rejected_before_any_call() {
-    let out = issuelock()
-        .args(["run", "--issue", "x", "--grace-seconds", "5", "--", "true"])
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("must be shorter than the lease duration minus the renew deadline (5s)"),
-        "{stderr}"
+    exits_with(
+        issuelock().args(["run", "--issue", "x", "--grace-seconds", "5", "--", "true"]),
+        2,
+        "must be shorter than the lease duration minus the renew deadline (5s)",
     );
 }
 
@@ -340,19 +321,14 @@ fn a_grace_period_longer_than_the_slack_is_rejected_before_any_call() {
 async fn a_command_that_cannot_be_executed_exits_127_and_releases() {
     let client = client().await;
     let ns = namespace(&client, "tree-127").await;
-    let out = issuelock()
-        .args(["run", "-n", &ns, "--issue", "org/repo#127", "--"])
-        .arg("no-such-command-e2e")
-        .output()
-        .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(127), "{stderr}");
-    assert!(
-        stderr.contains("cannot start \"no-such-command-e2e\""),
-        "{stderr}"
+    exits_with(
+        issuelock_run(&ns, "org/repo#127")
+            .args(["--"])
+            .arg("no-such-command-e2e"),
+        127,
+        "cannot start \"no-such-command-e2e\"",
     );
     assert!(locks_in(&ns).trim().is_empty());
-    delete_namespace(&client, &ns).await;
 }
 
 /// A TCP proxy in front of the API server that holds every new connection for `delay`
@@ -415,9 +391,9 @@ async fn a_signal_before_the_lock_is_taken_runs_nothing_and_leaves_nothing() {
     let stderr = std::fs::File::create(scratch.0.join("stderr")).unwrap();
     let run = {
         use std::os::unix::process::CommandExt;
-        issuelock()
+        issuelock_run(&ns, "org/repo#early")
             .env("KUBECONFIG", proxy.kubeconfig(&scratch.0))
-            .args(["run", "-n", &ns, "--issue", "org/repo#early", "--", "touch"])
+            .args(["--", "touch"])
             .arg(&ran)
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -452,7 +428,6 @@ async fn a_signal_before_the_lock_is_taken_runs_nothing_and_leaves_nothing() {
         leases.trim().is_empty(),
         "no heartbeat Lease left: {leases}"
     );
-    delete_namespace(&client, &ns).await;
 }
 
 /// A SIGTERM that reaches `run` right after it took the lock (while the supervisor is
@@ -467,8 +442,7 @@ async fn a_sigterm_right_after_the_lock_is_taken_exits_143() {
     for i in 0..5 {
         let mut run = {
             use std::os::unix::process::CommandExt;
-            issuelock()
-                .args(["run", "-n", &ns, "--issue", &format!("org/repo#sig-{i}")])
+            issuelock_run(&ns, &format!("org/repo#sig-{i}"))
                 .args(["--", "sleep", "30"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -495,7 +469,6 @@ async fn a_sigterm_right_after_the_lock_is_taken_exits_143() {
     for (code, stderr) in &outcomes {
         assert_eq!(*code, Some(143), "{stderr}");
     }
-    delete_namespace(&client, &ns).await;
 }
 
 /// A command that SIGSTOPs its supervisor cannot keep its tree alive once the lock is
@@ -523,7 +496,6 @@ async fn a_stopped_supervisor_does_not_keep_the_tree_alive_after_a_lost_lock() {
     assert!(took < GRACE + 3.0, "{took}");
     assert!(stderr.contains("unresponsive"), "{stderr}");
     assert!(locks_in(&ns).trim().is_empty(), "nothing left held");
-    delete_namespace(&client, &ns).await;
 }
 
 /// The same when the trust `run` last sent runs out (here at the max hold time minus the
@@ -549,7 +521,6 @@ async fn a_stopped_supervisor_does_not_keep_the_tree_alive_past_its_trust() {
     assert_eq!(left, [], "{stderr}");
     assert!(stderr.contains("unresponsive"), "{stderr}");
     assert!(locks_in(&ns).trim().is_empty(), "nothing left held");
-    delete_namespace(&client, &ns).await;
 }
 
 /// Starts `run` (FAST_HEARTBEAT, grace GRACE, `flags`) with a command that starts
@@ -569,8 +540,7 @@ async fn start_stopping_its_supervisor(
     );
     let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
     let grace = GRACE.to_string();
-    let run = issuelock()
-        .args(["run", "-n", ns, "--issue", issue])
+    let run = issuelock_run(ns, issue)
         .args(fast(&grace))
         .args(flags)
         .args(["--", "sh", "-c", &script])

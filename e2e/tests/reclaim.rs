@@ -74,7 +74,6 @@ async fn deleting_the_holder_pod_frees_its_locks_within_two_seconds_p99() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    delete_namespace(&client, &ns).await;
 }
 
 /// Records, on this process's clock, when each watched Lease last changed.
@@ -148,7 +147,6 @@ async fn a_sigkilled_holder_is_reclaimed_after_the_lease_duration_and_not_before
         }
     })
     .await;
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -189,7 +187,6 @@ async fn a_paused_holder_learns_it_lost_the_lock_and_a_short_pause_keeps_it() {
         Some(0),
         "a briefly paused holder finishes normally: {stderr}"
     );
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -210,7 +207,6 @@ async fn a_pod_recreated_under_the_same_name_loses_the_old_holders_locks() {
         "pod replaced -> lock gone in {:.3}s; events {reasons:?}",
         t.elapsed().as_secs_f64()
     );
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -276,7 +272,6 @@ async fn a_skewed_renew_time_never_expires_a_lease_that_keeps_changing() {
         );
         assert!(took >= 2.9, "{took}");
     }
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -305,7 +300,6 @@ async fn a_restarted_controller_keeps_live_locks_and_reclaims_dead_ones() {
         .await
         .expect("live lock kept");
     assert_eq!(still.metadata.uid, alive_lock.metadata.uid);
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -314,18 +308,8 @@ async fn max_hold_time_is_enforced_by_the_holder_and_the_controller() {
     let ns = namespace(&client, "max-hold").await;
     let _ctl = ControllerProcess::start(&ns);
     let started = Instant::now();
-    let out = issuelock()
-        .args([
-            "run",
-            "-n",
-            &ns,
-            "--identity",
-            "slow",
-            "--issue",
-            "org/repo#slow",
-            "--max-hold-seconds",
-            "2",
-        ])
+    let out = issuelock_run(&ns, "org/repo#slow")
+        .args(["--identity", "slow", "--max-hold-seconds", "2"])
         .args(FAST_HEARTBEAT)
         .args(["--", "sleep", "30"])
         .output()
@@ -363,7 +347,6 @@ async fn max_hold_time_is_enforced_by_the_holder_and_the_controller() {
         guard.release().await,
         Err(issuelock::Error::LockLost { .. })
     ));
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -403,7 +386,6 @@ async fn the_cluster_garbage_collector_follows_the_ownership_chain_without_the_c
         "garbage collector removed Lease and lock {:.3}s after the pod",
         t.elapsed().as_secs_f64()
     );
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,7 +440,6 @@ async fn an_api_server_outage_neither_crashes_the_controller_nor_reclaims_live_l
             .join("\n")
     );
     ctl.kill();
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -530,5 +511,4 @@ async fn forged_and_unsigned_locks_are_reclaimed_when_signatures_are_required() 
     assert_eq!(still.metadata.uid, signed.metadata.uid);
     guard.release().await.unwrap();
     locks.shutdown().await.unwrap();
-    delete_namespace(&client, &ns).await;
 }

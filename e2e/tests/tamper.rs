@@ -74,7 +74,6 @@ async fn a_shortened_lease_is_noticed_by_its_holder_and_not_believed_by_the_cont
     );
     drop(guard);
     let _ = locks.shutdown().await;
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -99,5 +98,4 @@ async fn a_deleted_or_taken_over_lease_loses_the_heartbeat() {
         .await
         .unwrap();
     expect_heartbeat_lost(&locks, "a deleted Lease loses the heartbeat").await;
-    delete_namespace(&client, &ns).await;
 }

@@ -81,9 +81,8 @@ async fn finish(w: WorkerProcess) -> (Option<i32>, String) {
 }
 
 fn run_cmd(ns: &str, identity: &str, issue: &str) -> Command {
-    let mut cmd = issuelock();
-    cmd.args(["run", "-n", ns, "--identity", identity, "--issue", issue])
-        .args(FAST_HEARTBEAT);
+    let mut cmd = issuelock_run(ns, issue);
+    cmd.args(["--identity", identity]).args(FAST_HEARTBEAT);
     cmd
 }
 
@@ -168,7 +167,6 @@ async fn a_waiter_takes_the_lock_within_a_second_of_its_release_without_polling(
     let all = lock_requests(&proxy.requests());
     assert!(all.len() <= 12, "{all:?}");
     assert!(locks_in(&client, &ns).await.is_empty());
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -200,7 +198,6 @@ async fn a_waiter_takes_a_killed_holders_lock_once_the_controller_reclaims_it() 
     println!("waiter: lock taken {after:.3} s after the holder was SIGKILLed (lease 6 s)");
     assert!(after <= 6.0 + 2.0, "took {after:.3} s");
     drop(holder);
-    delete_namespace(&client, &ns).await;
 }
 
 /// `issuelock work` over `n` issues of `org/repo#<i>` in `ns`, recording into `rec_dir`.
@@ -317,7 +314,6 @@ async fn six_workers_process_every_issue_exactly_once() {
         total_conflicts as f64 / n as f64
     );
     assert!(locks_in(&client, &ns).await.is_empty());
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -360,7 +356,6 @@ async fn work_uses_one_lease_and_one_identity_lookup_for_200_issues() {
     assert_eq!(lock_creates, n);
     assert_eq!(lock_deletes, n);
     assert!(locks_in(&client, &ns).await.is_empty());
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -449,11 +444,10 @@ async fn work_goes_on_after_a_lost_lock_and_stops_cleanly_on_sigterm() {
     );
     eventually(Duration::from_secs(10), "nothing left locked", || {
         let client = client.clone();
-        let ns = ns.clone();
+        let ns = ns.to_string();
         async move { locks_in(&client, &ns).await.is_empty().then_some(()) }
     })
     .await;
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -494,7 +488,7 @@ async fn claim_takes_one_free_issue_and_says_when_all_are_held_or_done() {
     });
     eventually(Duration::from_secs(30), "the waiter's Lease", || {
         let client = client.clone();
-        let ns = ns.clone();
+        let ns = ns.to_string();
         async move {
             let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
                 Api::namespaced(client, &ns);
@@ -516,7 +510,6 @@ async fn claim_takes_one_free_issue_and_says_when_all_are_held_or_done() {
     let out = claim(&["true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
     assert!(text(&out).1.contains("every candidate is done"));
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -594,17 +587,8 @@ async fn bad_input_to_work_claim_and_wait_names_the_line_and_locks_nothing() {
     assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
     assert!(text(&out).1.contains("<stdin>: no issue keys"));
     for wait in ["5x", "-1", "soon", ""] {
-        let out = issuelock()
-            .args([
-                "run",
-                "-n",
-                &ns,
-                "--issue",
-                "a",
-                &format!("--wait={wait}"),
-                "--",
-                "true",
-            ])
+        let out = issuelock_run(&ns, "a")
+            .args([&format!("--wait={wait}"), "--", "true"])
             .output()
             .unwrap();
         let (_, stderr) = text(&out);
@@ -625,5 +609,4 @@ async fn bad_input_to_work_claim_and_wait_names_the_line_and_locks_nothing() {
             .items
             .is_empty()
     );
-    delete_namespace(&client, &ns).await;
 }

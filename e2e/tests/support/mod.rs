@@ -117,8 +117,9 @@ pub async fn client_for(path: &std::path::Path) -> kube::Client {
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
-/// A fresh namespace for one test, with the CRD installed.
-pub async fn namespace(client: &kube::Client, test: &str) -> String {
+/// A fresh namespace for one test, with the CRD installed; deleted when the returned
+/// guard is dropped, after printing its state when the test is failing.
+pub async fn namespace(client: &kube::Client, test: &str) -> TestNamespace {
     install_crd();
     let name = format!(
         "e2e-{}-{}-{}",
@@ -138,13 +139,108 @@ pub async fn namespace(client: &kube::Client, test: &str) -> String {
     api.create(&PostParams::default(), &ns)
         .await
         .expect("namespace created");
-    name
+    TestNamespace(name)
 }
 
-/// Deletes a test namespace (best effort).
-pub async fn delete_namespace(client: &kube::Client, ns: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let _ = api.delete(ns, &DeleteParams::default()).await;
+/// A test namespace, removed on drop (without waiting for it to go). When the test is
+/// panicking, its IssueLocks, Leases, pods and Events are printed to stderr first, so a
+/// failed assertion shows the state it failed in.
+pub struct TestNamespace(String);
+
+impl TestNamespace {
+    /// The namespace's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn dump(&self) {
+        let ns = self.as_str();
+        eprintln!("==== state of namespace {ns} at the failure ====");
+        for args in [
+            &["get", "issuelocks", "-n", ns, "-o", "yaml"][..],
+            &["get", "leases,pods", "-n", ns, "-o", "wide"][..],
+            &[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--sort-by=.metadata.creationTimestamp",
+            ][..],
+        ] {
+            eprintln!("---- kubectl {}", args.join(" "));
+            if let Some(out) = kubectl_quietly(args) {
+                let (stdout, stderr) = text(&out);
+                eprintln!("{stdout}{stderr}");
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for TestNamespace {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for TestNamespace {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TestNamespace {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_ref()
+    }
+}
+
+impl std::fmt::Display for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        kubectl_quietly(&[
+            "delete",
+            "namespace",
+            &self.0,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+/// `kubectl` that never panics (for use in `Drop`, also while panicking).
+fn kubectl_quietly(args: &[&str]) -> Option<Output> {
+    let kubeconfig = std::env::var_os("ISSUELOCK_E2E_KUBECONFIG")?;
+    Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .ok()
+}
+
+/// Runs `cmd` to its end and asserts that it exited with `code` and said `says` on
+/// stderr; returns its stderr.
+pub fn exits_with(cmd: &mut Command, code: i32, says: &str) -> String {
+    let out = cmd.output().expect("the command runs");
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(says), "expected {says:?} in: {stderr}");
+    stderr
+}
+
+/// `issuelock run -n ns --issue issue`, for the caller to add flags and `-- COMMAND`.
+pub fn issuelock_run(ns: &str, issue: &str) -> Command {
+    let mut cmd = issuelock();
+    cmd.args(["run", "-n", ns, "--issue", issue]);
+    cmd
 }
 
 /// A lock client for `identity` in `ns`, as a worker would build one.
