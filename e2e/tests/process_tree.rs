@@ -118,6 +118,23 @@ fn locks_in(ns: &str) -> String {
     kubectl_ok(&["get", "issuelocks", "-n", ns, "-o", "name"])
 }
 
+/// Starts the tree script under `issuelock run` on `issue` in a fresh namespace named
+/// after `test` (see [`start_run`]) and waits until the whole tree runs. Returns the
+/// namespace, the scratch directory, the `run` process and the pids of the tree.
+async fn tree_under_run(
+    test: &str,
+    issue: &str,
+    on_term: &str,
+    flags: &[&str],
+) -> (TestNamespace, Scratch, Child, Vec<Pid>) {
+    let client = client().await;
+    let ns = namespace(&client, test).await;
+    let scratch = Scratch::new(test);
+    let run = start_run(&ns, issue, &scratch.0, on_term, flags);
+    let pids = tree_pids(&scratch.0).await;
+    (ns, scratch, run, pids)
+}
+
 fn fast(grace: &str) -> Vec<&str> {
     let mut flags = FAST_HEARTBEAT.to_vec();
     flags.extend(["--grace-seconds", grace]);
@@ -126,12 +143,9 @@ fn fast(grace: &str) -> Vec<&str> {
 
 #[tokio::test]
 async fn a_lost_lock_stops_the_whole_tree_after_the_grace_period() {
-    let client = client().await;
-    let ns = namespace(&client, "tree-lost").await;
-    let scratch = Scratch::new("tree-lost");
     let grace = GRACE.to_string();
-    let run = start_run(&ns, "org/repo#lost", &scratch.0, "ignore", &fast(&grace));
-    let pids = tree_pids(&scratch.0).await;
+    let (ns, scratch, run, pids) =
+        tree_under_run("tree-lost", "org/repo#lost", "ignore", &fast(&grace)).await;
     assert_eq!(living(&pids), pids, "the whole tree runs");
 
     let deleted = Instant::now();
@@ -156,11 +170,8 @@ async fn a_lost_lock_stops_the_whole_tree_after_the_grace_period() {
 
 #[tokio::test]
 async fn sigkill_of_run_kills_the_whole_tree_at_once() {
-    let client = client().await;
-    let ns = namespace(&client, "tree-sigkill").await;
-    let scratch = Scratch::new("tree-sigkill");
-    let mut run = start_run(&ns, "org/repo#kill", &scratch.0, "ignore", &FAST_HEARTBEAT);
-    let pids = tree_pids(&scratch.0).await;
+    let (_ns, _scratch, mut run, pids) =
+        tree_under_run("tree-sigkill", "org/repo#kill", "ignore", &FAST_HEARTBEAT).await;
     // Everything below `run`, the supervisor included.
     let below = tree::living_descendants(Pid::from_raw(run.id() as i32));
     assert!(below.len() > pids.len(), "{below:?} {pids:?}");
@@ -179,12 +190,13 @@ async fn sigkill_of_run_kills_the_whole_tree_at_once() {
 
 #[tokio::test]
 async fn sigterm_reaches_the_command_first_and_run_exits_143() {
-    let client = client().await;
-    let ns = namespace(&client, "tree-sigterm").await;
-    let scratch = Scratch::new("tree-sigterm");
-    let grace = GRACE.to_string();
-    let run = start_run(&ns, "org/repo#term", &scratch.0, "clean", &fast(&grace));
-    let pids = tree_pids(&scratch.0).await;
+    let (ns, scratch, run, pids) = tree_under_run(
+        "tree-sigterm",
+        "org/repo#term",
+        "clean",
+        &fast(&GRACE.to_string()),
+    )
+    .await;
 
     kill(Pid::from_raw(run.id() as i32), Signal::SIGTERM).unwrap();
     let status = exit_of(run).await;
@@ -204,12 +216,9 @@ async fn sigterm_reaches_the_command_first_and_run_exits_143() {
 
 #[tokio::test]
 async fn a_paused_run_has_its_tree_stopped_before_the_lease_expires() {
-    let client = client().await;
-    let ns = namespace(&client, "tree-sigstop").await;
-    let scratch = Scratch::new("tree-sigstop");
     let grace = GRACE.to_string();
-    let run = start_run(&ns, "org/repo#stop", &scratch.0, "ignore", &fast(&grace));
-    let pids = tree_pids(&scratch.0).await;
+    let (_ns, scratch, run, pids) =
+        tree_under_run("tree-sigstop", "org/repo#stop", "ignore", &fast(&grace)).await;
 
     let pid = Pid::from_raw(run.id() as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
@@ -279,11 +288,8 @@ sleep 300 & wait"#,
 
 #[tokio::test]
 async fn a_killed_supervisor_leaves_nothing_behind() {
-    let client = client().await;
-    let ns = namespace(&client, "tree-supervisor").await;
-    let scratch = Scratch::new("tree-supervisor");
-    let run = start_run(&ns, "org/repo#sup", &scratch.0, "ignore", &FAST_HEARTBEAT);
-    let pids = tree_pids(&scratch.0).await;
+    let (ns, scratch, run, pids) =
+        tree_under_run("tree-supervisor", "org/repo#sup", "ignore", &FAST_HEARTBEAT).await;
     let run_pid = Pid::from_raw(run.id() as i32);
     let supervisor = tree::descendants_in(&tree::snapshot(), run_pid.as_raw())
         .into_iter()

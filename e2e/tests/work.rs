@@ -7,7 +7,7 @@ use issuelock::IssueLock;
 use kube::api::Api;
 use kube::runtime::watcher;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -222,11 +222,20 @@ fn work_cmd(ns: &str, identity: &str, list: &Path, done: &Path, rec_dir: &Path) 
     cmd
 }
 
-fn write_list(dir: &Path, n: usize) -> std::path::PathBuf {
+fn write_list(dir: &Path, n: usize) -> PathBuf {
     let path = dir.join("issues.txt");
     let text: String = (0..n).map(|i| format!("org/repo#{i}\n")).collect();
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A run of `work` over `n` issues in `dir`: its done directory, its record directory
+/// (both created) and its list of `n` issues.
+fn work_dirs(dir: &Path, n: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let (done, rec) = (dir.join("done"), dir.join("rec"));
+    std::fs::create_dir_all(&done).unwrap();
+    std::fs::create_dir_all(&rec).unwrap();
+    (done, rec, write_list(dir, n))
 }
 
 /// Every record of the runs in `rec_dir`: issue → [(start, end, worker)].
@@ -291,11 +300,8 @@ async fn six_workers_process_every_issue_exactly_once() {
     let client = client().await;
     let ns = namespace(&client, "work-six").await;
     let dir = Scratch::new("work-six");
-    let (done, rec) = (dir.0.join("done"), dir.0.join("rec"));
-    std::fs::create_dir_all(&done).unwrap();
-    std::fs::create_dir_all(&rec).unwrap();
     let n = 100;
-    let list = write_list(&dir.0, n);
+    let (done, rec, list) = work_dirs(&dir.0, n);
     let start = Instant::now();
     let workers: Vec<_> = (0..6)
         .map(|w| WorkerProcess::spawn_command(work_cmd(&ns, &format!("w{w}"), &list, &done, &rec)))
@@ -322,11 +328,8 @@ async fn work_uses_one_lease_and_one_identity_lookup_for_200_issues() {
     let client = client().await;
     let ns = namespace(&client, "work-one-lease").await;
     let dir = Scratch::new("work-one-lease");
-    let (done, rec) = (dir.0.join("done"), dir.0.join("rec"));
-    std::fs::create_dir_all(&done).unwrap();
-    std::fs::create_dir_all(&rec).unwrap();
     let n = 200;
-    let list = write_list(&dir.0, n);
+    let (done, rec, list) = work_dirs(&dir.0, n);
     let proxy = CountingProxy::start().await;
     let mut cmd = work_cmd(&ns, "solo", &list, &done, &rec);
     cmd.env("KUBECONFIG", proxy.kubeconfig(&dir.0));

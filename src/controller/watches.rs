@@ -80,21 +80,23 @@ impl Watched {
         synced: &Synced,
         ctx: Arc<Context>,
     ) -> impl Stream<Item = Result<IssueLock, watcher::Error>> + use<> {
-        watcher(self.locks.clone(), watcher::Config::default())
-            .default_backoff()
-            .modify(drop_managed_fields)
-            .reflect(cache)
-            .inspect(synced.tracker())
-            .inspect(move |event| {
-                if let Ok(event) = event {
-                    ctx.holders.on_event(event);
-                    if ctx.first_seen.on_event(event, Instant::now()) {
-                        ctx.metrics.acquisitions.fetch_add(1, Ordering::Relaxed);
-                    }
+        cached(
+            self.locks.clone(),
+            Default::default(),
+            drop_managed_fields,
+            cache,
+            synced,
+        )
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                ctx.holders.on_event(event);
+                if ctx.first_seen.on_event(event, Instant::now()) {
+                    ctx.metrics.acquisitions.fetch_add(1, Ordering::Relaxed);
                 }
-            })
-            .touched_objects()
-            .filter_map(retried_by_watcher)
+            }
+        })
+        .touched_objects()
+        .filter_map(retried_by_watcher)
     }
 
     /// Heartbeat Leases: renewals only move the observation clock; deletions trigger the
@@ -105,14 +107,14 @@ impl Watched {
         synced: &Synced,
         ctx: Arc<Context>,
     ) -> impl Stream<Item = Result<Lease, watcher::Error>> + use<> {
-        watcher(
+        let heartbeats = watcher::Config::default().labels(&format!("{HEARTBEAT_LABEL}=true"));
+        cached(
             self.leases.clone(),
-            watcher::Config::default().labels(&format!("{HEARTBEAT_LABEL}=true")),
+            heartbeats,
+            drop_managed_fields,
+            cache,
+            synced,
         )
-        .default_backoff()
-        .modify(drop_managed_fields)
-        .reflect(cache)
-        .inspect(synced.tracker())
         .filter_map(move |event| {
             let out = match event {
                 Ok(event) => {
@@ -141,25 +143,47 @@ impl Watched {
         ctx: Arc<Context>,
         due: Due,
     ) -> impl Stream<Item = Result<Pod, watcher::Error>> + use<> {
-        watcher(self.pods.clone(), watcher::Config::default())
-            .default_backoff()
-            .modify(trim_pod)
-            .reflect(cache)
-            .inspect(synced.tracker())
-            .inspect(move |event| {
-                if let Ok(watcher::Event::InitDone) = event {
-                    let gone = ctx.holders.locks_of_pods_not_in(|(ns, name)| {
-                        !ctx.caches_pods_in(ns)
-                            || ctx.pods.get(&ObjectRef::new(name).within(ns)).is_some()
-                    });
-                    for lock in gone {
-                        let _ = due.unbounded_send(lock);
-                    }
+        cached(
+            self.pods.clone(),
+            Default::default(),
+            trim_pod,
+            cache,
+            synced,
+        )
+        .inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                let gone = ctx.holders.locks_of_pods_not_in(|(ns, name)| {
+                    !ctx.caches_pods_in(ns)
+                        || ctx.pods.get(&ObjectRef::new(name).within(ns)).is_some()
+                });
+                for lock in gone {
+                    let _ = due.unbounded_send(lock);
                 }
-            })
-            .touched_objects()
-            .filter_map(retried_by_watcher)
+            }
+        })
+        .touched_objects()
+        .filter_map(retried_by_watcher)
     }
+}
+
+/// The watch of `api` under `config`, retried with backoff, each object cut down by `trim`
+/// and kept in `cache`, its first list tracked by `synced`.
+fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    cache: Writer<K>,
+    synced: &Synced,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + use<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Clone + Default + Eq + std::hash::Hash,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .reflect(cache)
+        .inspect(synced.tracker())
 }
 
 /// Sets the shared ready flag once every watch stream given a [`tracker`](Self::tracker)

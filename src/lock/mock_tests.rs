@@ -43,6 +43,16 @@ struct Server {
     deleted: Vec<String>,
 }
 
+impl Server {
+    /// A server answering the creates as `script` says, one entry per create.
+    fn scripted(script: Vec<OnCreate>) -> Self {
+        Self {
+            script,
+            ..Self::default()
+        }
+    }
+}
+
 fn respond(status: StatusCode, body: Value) -> Result<Response<Body>, BoxError> {
     Ok(Response::builder()
         .status(status)
@@ -230,11 +240,7 @@ async fn until_no_lock_is_left(server: &Arc<StdMutex<Server>>) {
 
 #[tokio::test]
 async fn a_create_committed_before_the_connection_dropped_is_adopted() {
-    let (locks, server) = client_for(Server {
-        script: vec![OnCreate::CommitThenDrop],
-        ..Server::default()
-    })
-    .await;
+    let (locks, server) = client_for(Server::scripted(vec![OnCreate::CommitThenDrop])).await;
     let Acquisition::Acquired(guard) = locks.try_acquire("org/repo#1").await.unwrap() else {
         panic!("our own committed lock must be adopted");
     };
@@ -246,11 +252,8 @@ async fn a_create_committed_before_the_connection_dropped_is_adopted() {
 
 #[tokio::test]
 async fn a_create_lost_before_commit_is_retried() {
-    let (locks, server) = client_for(Server {
-        script: vec![OnCreate::Drop, OnCreate::Created],
-        ..Server::default()
-    })
-    .await;
+    let (locks, server) =
+        client_for(Server::scripted(vec![OnCreate::Drop, OnCreate::Created])).await;
     let Acquisition::Acquired(guard) = locks.try_acquire("org/repo#2").await.unwrap() else {
         panic!("the retried create succeeds");
     };
@@ -282,11 +285,7 @@ async fn an_unknown_outcome_with_another_holder_reports_held() {
 
 #[tokio::test]
 async fn creates_that_never_get_through_fail_with_the_cause() {
-    let (locks, server) = client_for(Server {
-        script: vec![OnCreate::Drop; 3],
-        ..Server::default()
-    })
-    .await;
+    let (locks, server) = client_for(Server::scripted(vec![OnCreate::Drop; 3])).await;
     let err = locks.try_acquire("org/repo#4").await.unwrap_err();
     assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
     assert_eq!(
@@ -298,11 +297,8 @@ async fn creates_that_never_get_through_fail_with_the_cause() {
 
 #[tokio::test]
 async fn a_lock_of_another_task_of_this_client_is_never_adopted_nor_released() {
-    let (locks, server) = client_for(Server {
-        script: vec![OnCreate::Created, OnCreate::Drop],
-        ..Server::default()
-    })
-    .await;
+    let (locks, server) =
+        client_for(Server::scripted(vec![OnCreate::Created, OnCreate::Drop])).await;
     let Acquisition::Acquired(sibling) = locks.try_acquire("org/repo#5").await.unwrap() else {
         panic!("the first task takes the lock");
     };
@@ -326,11 +322,7 @@ async fn a_lock_of_another_task_of_this_client_is_never_adopted_nor_released() {
 
 #[tokio::test]
 async fn a_lock_another_call_of_this_client_is_creating_is_reported_held() {
-    let (locks, server) = client_for(Server {
-        script: vec![OnCreate::CommitThenHang],
-        ..Server::default()
-    })
-    .await;
+    let (locks, server) = client_for(Server::scripted(vec![OnCreate::CommitThenHang])).await;
     let first = {
         let locks = locks.clone();
         tokio::spawn(async move { locks.try_acquire("org/repo#7").await })
@@ -348,11 +340,7 @@ async fn a_lock_another_call_of_this_client_is_creating_is_reported_held() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unknown_create_outcome_is_cleaned_up_once_the_api_answers_again() {
-    let (locks, server) = client_for(Server {
-        script: vec![OnCreate::CommitThenOutage],
-        ..Server::default()
-    })
-    .await;
+    let (locks, server) = client_for(Server::scripted(vec![OnCreate::CommitThenOutage])).await;
     // Committed, then the connection and the read-back fail.
     let err = locks.try_acquire("org/repo#8").await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
@@ -371,10 +359,11 @@ async fn an_unknown_create_outcome_is_cleaned_up_once_the_api_answers_again() {
 
 #[tokio::test(start_paused = true)]
 async fn creates_of_unknown_outcome_on_every_attempt_are_cleaned_up() {
-    let (locks, _server) = client_for(Server {
-        script: vec![OnCreate::Drop, OnCreate::Drop, OnCreate::CommitThenDrop],
-        ..Server::default()
-    })
+    let (locks, _server) = client_for(Server::scripted(vec![
+        OnCreate::Drop,
+        OnCreate::Drop,
+        OnCreate::CommitThenDrop,
+    ]))
     .await;
     // The last create committed; its read-back found it, so it is adopted.
     let Acquisition::Acquired(guard) = locks.try_acquire("org/repo#9").await.unwrap() else {
@@ -386,11 +375,7 @@ async fn creates_of_unknown_outcome_on_every_attempt_are_cleaned_up() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_acquire_future_still_releases_its_lock() {
-    let (locks, server) = client_for(Server {
-        script: vec![OnCreate::CommitThenHang],
-        ..Server::default()
-    })
-    .await;
+    let (locks, server) = client_for(Server::scripted(vec![OnCreate::CommitThenHang])).await;
     let dropped =
         tokio::time::timeout(Duration::from_millis(100), locks.try_acquire("org/repo#10")).await;
     assert!(dropped.is_err(), "the caller gave up first");
@@ -524,11 +509,7 @@ async fn a_fractional_max_hold_is_rounded_up() {
 
 #[tokio::test]
 async fn a_server_error_on_create_is_treated_as_an_unknown_outcome() {
-    let (locks, server) = client_for(Server {
-        script: vec![OnCreate::CommitThen504],
-        ..Server::default()
-    })
-    .await;
+    let (locks, server) = client_for(Server::scripted(vec![OnCreate::CommitThen504])).await;
     let Acquisition::Acquired(guard) = locks.try_acquire("org/repo#6").await.unwrap() else {
         panic!("a create committed behind a 504 is ours");
     };
