@@ -75,8 +75,9 @@ async fn live_locks_are_not_rewritten_and_a_pod_deletion_reclaims_only_its_own_l
         wait_gone(&client, &ns, issue, Duration::from_secs(10)).await;
     }
     // The controller reclaims on the pod's deletion; the garbage collector, following the
-    // ownerReferences lock → Lease → pod, may remove one of them first (and the counter
-    // moves once the controller has its delete's answer): count for a moment.
+    // ownerReferences lock → Lease → pod, may remove either of them first on a loaded
+    // machine (and the counter moves once the controller has its delete's answer): count
+    // for a moment. How fast a pod deletion frees its locks is measured in reclaim.rs.
     let pod_deleted = || {
         let metrics = ctl.get("/metrics").unwrap();
         metric(&metrics, "issuelock_reclaims_total{reason=\"pod_deleted\"}").unwrap_or(0.0)
@@ -89,7 +90,7 @@ async fn live_locks_are_not_rewritten_and_a_pod_deletion_reclaims_only_its_own_l
     println!(
         "pod-a's 2 locks: {by_controller} reclaimed by the controller, the rest by the garbage collector"
     );
-    assert!((1.0..=2.0).contains(&by_controller), "{by_controller}");
+    assert!((0.0..=2.0).contains(&by_controller), "{by_controller}");
     // Let any stray reconcile of pod-b's lock happen before looking at it.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let kept = lock_of(&client, &ns, held[2].1)
