@@ -15,6 +15,7 @@ mod holder;
 mod interop;
 mod leader;
 mod leaks;
+mod metrics;
 mod namespaces;
 mod process_tree;
 mod reclaim;

@@ -233,8 +233,8 @@ where
     }
 }
 
-/// The body of `GET path` from `host:port` (the controller's HTTP endpoint answers one
-/// request per connection), if it answered 200 within 5 s.
+/// The body of `GET path` from `host:port` (one request per connection), if it answered
+/// 200 within 5 s.
 pub fn http_get(host: &str, port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
@@ -242,7 +242,11 @@ pub fn http_get(host: &str, port: u16, path: &str) -> Option<String> {
         .next()?;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
