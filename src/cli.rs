@@ -620,7 +620,7 @@ fn print_as<T: serde::Serialize>(output: Output, value: &T, table: impl FnOnce()
             "{}",
             serde_json::to_string_pretty(value).expect("serializes")
         ),
-        Output::Yaml => print!("{}", serde_yaml::to_string(value).expect("serializes")),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(value).expect("serializes")),
         Output::Table => print!("{}", table()),
     }
 }

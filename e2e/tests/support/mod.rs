@@ -177,11 +177,10 @@ pub fn lock_config(ns: &str, identity: &str) -> LockConfig {
 /// A kubeconfig file for the cluster under test that authenticates with `token`.
 pub fn token_kubeconfig(dir: &std::path::Path, token: &str) -> PathBuf {
     let admin = std::fs::read_to_string(kubeconfig()).unwrap();
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
-    doc["users"] =
-        serde_yaml::from_str(&format!("- name: admin\n  user:\n    token: {token}\n")).unwrap();
+    let mut doc: serde_json::Value = serde_saphyr::from_str(&admin).unwrap();
+    doc["users"] = serde_json::json!([{"name": "admin", "user": {"token": token}}]);
     let path = dir.join("kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&doc).unwrap()).unwrap();
     path
 }
 
@@ -595,8 +594,8 @@ pub fn percentile(xs: &[f64], p: f64) -> f64 {
 
 /// `host:port` of the API server of the admin kubeconfig, for a proxy to connect to.
 pub fn api_server_addr() -> String {
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
     doc["clusters"][0]["cluster"]["server"]
         .as_str()
         .unwrap()
@@ -606,11 +605,11 @@ pub fn api_server_addr() -> String {
 
 /// Writes `dir/file`: the admin kubeconfig, pointed at a proxy on 127.0.0.1:`port`.
 pub fn proxied_kubeconfig(dir: &std::path::Path, file: &str, port: u16) -> PathBuf {
-    let mut doc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+    let mut doc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
     doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{port}").into();
     let path = dir.join(file);
-    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&doc).unwrap()).unwrap();
     path
 }
 
@@ -909,7 +908,7 @@ impl FaultProxy {
             "current-context": "proxy"
         });
         let path = dir.join("fault-proxy-kubeconfig");
-        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        std::fs::write(&path, serde_saphyr::to_string(&doc).unwrap()).unwrap();
         path
     }
 
