@@ -134,24 +134,77 @@ pub fn describe(lock: &IssueLock) -> String {
     out
 }
 
-/// Ages as kubectl prints them: `42s`, `5m3s`, `3h12m`, `2d4h`.
+/// A duration as kubectl prints ages (apimachinery's `duration.HumanDuration`): about two
+/// significant figures, the unit growing with the duration: `90s`, `5m3s`, `42m`, `3h12m`,
+/// `20h`, `2d4h`, `12d`, `2y30d`, `9y`. Up to a second in the future (clock skew) reads
+/// `0s`; further, `<invalid>`.
 pub fn human_age(secs: i64) -> String {
-    let secs = secs.max(0);
+    const MINUTE: i64 = 60;
+    const HOUR: i64 = 60 * MINUTE;
+    const DAY: i64 = 24 * HOUR;
+    const YEAR: i64 = 365 * DAY;
+    // The largest whole unit, and the next smaller one when it is not zero.
+    let two = |big: i64, big_unit: &str, small: i64, small_unit: &str| match small {
+        0 => format!("{big}{big_unit}"),
+        _ => format!("{big}{big_unit}{small}{small_unit}"),
+    };
     match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
-        s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        s => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+        s if s <= -2 => "<invalid>".into(),
+        s if s < 0 => "0s".into(),
+        s if s < 2 * MINUTE => format!("{s}s"),
+        s if s < 10 * MINUTE => two(s / MINUTE, "m", s % MINUTE, "s"),
+        s if s < 3 * HOUR => format!("{}m", s / MINUTE),
+        s if s < 8 * HOUR => two(s / HOUR, "h", s % HOUR / MINUTE, "m"),
+        s if s < 2 * DAY => format!("{}h", s / HOUR),
+        s if s < 8 * DAY => two(s / DAY, "d", s % DAY / HOUR, "h"),
+        s if s < 2 * YEAR => format!("{}d", s / DAY),
+        s if s < 8 * YEAR => two(s / YEAR, "y", s % YEAR / DAY, "d"),
+        s => format!("{}y", s / YEAR),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::human_age;
+
+    /// Golden values of kubectl's ages (apimachinery `duration.HumanDuration`).
     #[test]
-    fn ages() {
-        assert_eq!(super::human_age(5), "5s");
-        assert_eq!(super::human_age(303), "5m3s");
-        assert_eq!(super::human_age(3 * 3600 + 720), "3h12m");
-        assert_eq!(super::human_age(2 * 86400 + 4 * 3600), "2d4h");
+    fn ages_as_kubectl_prints_them() {
+        let (m, h, d, y) = (60, 3600, 86400, 365 * 86400);
+        for (secs, want) in [
+            (-3, "<invalid>"),
+            (-2, "<invalid>"),
+            (-1, "0s"),
+            (0, "0s"),
+            (5, "5s"),
+            (90, "90s"),
+            (119, "119s"),
+            (2 * m, "2m"),
+            (5 * m + 3, "5m3s"),
+            (9 * m + 59, "9m59s"),
+            (10 * m, "10m"),
+            (10 * m + 59, "10m"),
+            (90 * m, "90m"),
+            (3 * h - 1, "179m"),
+            (3 * h, "3h"),
+            (3 * h + 12 * m + 30, "3h12m"),
+            (8 * h - 1, "7h59m"),
+            (8 * h, "8h"),
+            (20 * h + 30 * m, "20h"),
+            (2 * d - 1, "47h"),
+            (2 * d, "2d"),
+            (2 * d + 4 * h + 59 * m, "2d4h"),
+            (3 * d + 5 * h, "3d5h"),
+            (8 * d - 1, "7d23h"),
+            (8 * d, "8d"),
+            (729 * d + 23 * h, "729d"),
+            (2 * y, "2y"),
+            (2 * y + 30 * d, "2y30d"),
+            (8 * y - 1, "7y364d"),
+            (8 * y, "8y"),
+            (20 * y + 100 * d, "20y"),
+        ] {
+            assert_eq!(human_age(secs), want, "{secs} s");
+        }
     }
 }
