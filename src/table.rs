@@ -8,18 +8,34 @@ use std::collections::HashMap;
 /// `None` when the Leases could not be listed.
 pub type Heartbeats = Option<HashMap<(String, String), Timestamp>>;
 
-/// Renders locks as an aligned table: NAMESPACE (optional), ISSUE, HOLDER, POD, ALIVE,
-/// HEARTBEAT (time since the holder Lease's `renewTime` on this machine's clock; `<none>`
-/// when the Lease is missing), AGE.
-pub fn render(locks: &[IssueLock], with_namespace: bool, heartbeats: &Heartbeats) -> String {
-    let now = Timestamp::now();
-    let mut rows: Vec<Vec<String>> = vec![];
-    let mut header = vec!["ISSUE", "HOLDER", "POD", "ALIVE", "HEARTBEAT", "AGE"];
-    if with_namespace {
-        header.insert(0, "NAMESPACE");
+/// The columns of a table of locks: NAMESPACE (with `namespace`), ISSUE, HOLDER, POD,
+/// ALIVE, HEARTBEAT (time since the holder Lease's `renewTime` on this machine's clock;
+/// `<none>` when the Lease is missing, `<unknown>` when the Leases could not be read),
+/// AGE, and with `wide` also NAME (the lock object's), LEASE, USER and MAX-HOLD.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Columns {
+    /// Start with the lock's namespace (locks of every namespace).
+    pub namespace: bool,
+    /// Add the lock object's name, holder Lease, user and max hold time.
+    pub wide: bool,
+}
+
+impl Columns {
+    /// The header row.
+    pub fn header(self) -> Vec<String> {
+        let mut header = vec!["ISSUE", "HOLDER", "POD", "ALIVE", "HEARTBEAT", "AGE"];
+        if self.namespace {
+            header.insert(0, "NAMESPACE");
+        }
+        if self.wide {
+            header.extend(["NAME", "LEASE", "USER", "MAX-HOLD"]);
+        }
+        header.into_iter().map(String::from).collect()
     }
-    rows.push(header.into_iter().map(String::from).collect());
-    for lock in locks {
+
+    /// The row of one lock, ages counted to `now`.
+    pub fn row(self, lock: &IssueLock, heartbeats: &Heartbeats, now: Timestamp) -> Vec<String> {
+        let none = || "<none>".to_owned();
         let alive = lock
             .status
             .as_ref()
@@ -31,44 +47,60 @@ pub fn render(locks: &[IssueLock], with_namespace: bool, heartbeats: &Heartbeats
             .creation_timestamp
             .as_ref()
             .map(|t| human_age(now.duration_since(t.0).as_secs()))
-            .unwrap_or_default();
-        let lease = (
-            lock.metadata.namespace.clone().unwrap_or_default(),
-            lock.spec.holder.lease.clone(),
-        );
+            .unwrap_or_else(|| "<unknown>".into());
+        let namespace = lock.metadata.namespace.clone().unwrap_or_default();
+        let holder = &lock.spec.holder;
         let heartbeat = match heartbeats {
             None => "<unknown>".into(),
             Some(h) => h
-                .get(&lease)
+                .get(&(namespace.clone(), holder.lease.clone()))
                 .map(|t| format!("{} ago", human_age(now.duration_since(*t).as_secs())))
-                .unwrap_or_else(|| "<none>".into()),
+                .unwrap_or_else(none),
         };
         let mut row = vec![
             lock.spec.issue.clone(),
-            lock.spec.holder.identity.clone(),
-            lock.spec
-                .holder
+            holder.identity.clone(),
+            holder
                 .pod
                 .as_ref()
                 .map(|p| p.name.clone())
-                .unwrap_or_else(|| "<none>".into()),
+                .unwrap_or_else(none),
             alive,
             heartbeat,
             age,
         ];
-        if with_namespace {
-            row.insert(0, lock.metadata.namespace.clone().unwrap_or_default());
+        if self.namespace {
+            row.insert(0, namespace);
         }
-        rows.push(row);
+        if self.wide {
+            row.extend([
+                lock.metadata.name.clone().unwrap_or_default(),
+                holder.lease.clone(),
+                holder.user.clone().unwrap_or_else(none),
+                lock.spec
+                    .max_hold_seconds
+                    .map(human_age)
+                    .unwrap_or_else(none),
+            ]);
+        }
+        row
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
+}
+
+/// Aligned lines of `rows`, each column at least as wide as in `widths` (which grow to
+/// fit, so that later rows, e.g. of a watch, line up with earlier ones).
+pub fn align(rows: &[Vec<String>], widths: &mut Vec<usize>) -> String {
+    for row in rows {
+        widths.resize(widths.len().max(row.len()), 0);
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
     let mut out = String::new();
     for row in rows {
         let line: Vec<String> = row
             .iter()
-            .zip(&widths)
+            .zip(widths.iter())
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
         out.push_str(line.join("   ").trim_end());

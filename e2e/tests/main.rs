@@ -17,6 +17,7 @@ mod leader;
 mod leaks;
 mod metrics;
 mod namespaces;
+mod plugin;
 mod process_tree;
 mod reclaim;
 mod tamper;
