@@ -9,20 +9,25 @@ use crate::heartbeat::HeartbeatConfig;
 use crate::holder::HolderIdentity;
 use crate::lock::{LockClient, LockConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use std::process::ExitCode;
 use std::time::Duration;
 
 mod bench;
+mod completion;
 mod controller;
 mod crd;
 mod duration;
 mod issues;
+mod list;
 mod lock_name;
 mod release;
 mod run;
 mod show;
 mod work;
+
+use list::print_as;
+pub use list::{ListArgs, ListOutput};
 
 pub use bench::BenchArgs;
 pub use controller::ControllerArgs;
@@ -52,8 +57,53 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, env = "ISSUELOCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How to reach the API server, as kubectl's flags of the same names say it; every
+/// subcommand's client follows them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KubeArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the
+    /// in-cluster configuration).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The name of the kubeconfig context to use (default: its current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// How long to wait for each request to the API server before giving up (e.g. 30s,
+    /// 2m, 500ms; a bare number is seconds; 0: no limit).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = duration::parse)]
+    pub request_timeout: Option<Duration>,
+}
+
+/// The [`KubeArgs`] of this process, read by [`kube_client`].
+static KUBE_ARGS: std::sync::OnceLock<KubeArgs> = std::sync::OnceLock::new();
+
+impl Cli {
+    /// Parses the process's arguments. Invoked as the kubectl plugin (`kubectl-issuelock`,
+    /// as `kubectl issuelock` runs it), help and usage say `kubectl issuelock`.
+    pub fn parse_args() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut command = Self::command();
+        if is_kubectl_plugin(std::env::args_os().next()) {
+            command = command.bin_name(PLUGIN_NAME);
+        }
+        let matches = command.get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// What the plugin is called on kubectl's command line.
+pub const PLUGIN_NAME: &str = "kubectl issuelock";
+
+/// True when `argv0` names the kubectl plugin's executable (`kubectl-issuelock`).
+fn is_kubectl_plugin(argv0: Option<std::ffi::OsString>) -> bool {
+    argv0
+        .is_some_and(|a| std::path::Path::new(&a).file_name() == Some("kubectl-issuelock".as_ref()))
 }
 
 /// Log output formats.
@@ -111,6 +161,11 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Measure acquire and release latency against the raw API calls (the floor).
     Bench(BenchArgs),
+    /// Print a shell completion script (e.g. `source <(issuelock completion bash)`).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Print the lock object name derived from an issue key.
     LockName(LockNameArgs),
     /// The supervisor of a `run` command's process tree (started by `run` only).
@@ -149,19 +204,6 @@ pub struct HolderArgs {
     pub signing_key_id: Option<String>,
 }
 
-#[derive(Args, Debug)]
-pub struct ListArgs {
-    /// Namespace to list (default: the kubeconfig's namespace).
-    #[arg(long, short = 'n', env = "ISSUELOCK_NAMESPACE")]
-    pub namespace: Option<String>,
-    /// List locks in every namespace.
-    #[arg(long, short = 'A')]
-    pub all_namespaces: bool,
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-}
-
 /// How each lock of `run`, `work` and `claim` is held, and where and as whom.
 #[derive(Args, Debug)]
 pub struct HoldArgs {
@@ -179,7 +221,7 @@ pub struct HoldArgs {
     pub holder: HolderArgs,
 }
 
-/// Output formats of `list`.
+/// Output formats of `show`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Output {
     Table,
@@ -191,15 +233,18 @@ pub enum Output {
 pub async fn run(cli: Cli) -> ExitCode {
     let Cli {
         log_format,
+        kube,
         command,
     } = cli;
     init_logging(log_format);
+    let _ = KUBE_ARGS.set(kube);
     let result = match command {
         Command::Crd => crd::crd(),
         Command::Run(args) => run::run_locked(args).await,
         Command::Work(args) => work::work(args).await,
         Command::Claim(args) => work::claim(args).await,
-        Command::List(args) => list(args).await,
+        Command::List(args) => list::list(args).await,
+        Command::Completion { shell } => Ok(completion::print(shell)),
         Command::Show(args) => show::show(args).await,
         Command::Bench(args) => bench::bench(args).await,
         Command::Release(args) => release::force_release(args).await,
@@ -231,11 +276,38 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn kube_client() -> Result<kube::Client, Error> {
-    let config = kube::Config::infer().await.map_err(|e| {
+    let KubeArgs {
+        kubeconfig,
+        context,
+        request_timeout,
+    } = KUBE_ARGS.get().cloned().unwrap_or_default();
+    let options = kube::config::KubeConfigOptions {
+        context,
+        ..Default::default()
+    };
+    let bad = |e: &dyn std::fmt::Display| {
         Error::Config(format!(
             "no usable kubeconfig or in-cluster configuration: {e}"
         ))
-    })?;
+    };
+    let mut config = match (&kubeconfig, &options.context) {
+        (Some(path), _) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(&e))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| bad(&e))?
+        }
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| bad(&e))?,
+        (None, None) => kube::Config::infer().await.map_err(|e| bad(&e))?,
+    };
+    if let Some(timeout) = request_timeout.filter(|t| !t.is_zero()) {
+        config.connect_timeout = Some(timeout);
+        config.read_timeout = Some(timeout);
+        config.write_timeout = Some(timeout);
+        config.reset_reader_on_write = true;
+    }
     kube::Client::try_from(config)
         .map_err(|e| Error::Config(format!("cannot build a Kubernetes client: {e}")))
 }
@@ -328,66 +400,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-async fn list(args: ListArgs) -> Result<ExitCode, Error> {
-    let ListArgs {
-        namespace,
-        all_namespaces,
-        output,
-    } = args;
-    let client = kube_client().await?;
-    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-    let (api, leases): (
-        Api<IssueLock>,
-        Api<k8s_openapi::api::coordination::v1::Lease>,
-    ) = if all_namespaces {
-        (Api::all(client.clone()), Api::all(client))
-    } else {
-        (
-            Api::namespaced(client.clone(), &ns),
-            Api::namespaced(client, &ns),
-        )
-    };
-    let locks = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| classify("list locks", &ns, e))?;
-    // The HEARTBEAT column comes from the holders' Leases (the controller does not
-    // rewrite lock status as heartbeats arrive); without the right to list them it reads
-    // <unknown>.
-    let heartbeats = match output {
-        Output::Table => leases
-            .list(&ListParams::default().labels(&format!("{}=true", crate::crd::HEARTBEAT_LABEL)))
-            .await
-            .ok()
-            .map(|list| {
-                list.items
-                    .into_iter()
-                    .filter_map(|l| {
-                        let renewed = l.spec.as_ref()?.renew_time.as_ref()?.0;
-                        Some(((l.metadata.namespace?, l.metadata.name?), renewed))
-                    })
-                    .collect()
-            }),
-        _ => None,
-    };
-    print_as(output, &locks.items, || {
-        crate::table::render(&locks.items, all_namespaces, &heartbeats)
-    });
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Prints `value` as JSON or YAML, or `table()` for humans.
-fn print_as<T: serde::Serialize>(output: Output, value: &T, table: impl FnOnce() -> String) {
-    match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).expect("serializes")
-        ),
-        Output::Yaml => print!("{}", serde_yaml::to_string(value).expect("serializes")),
-        Output::Table => print!("{}", table()),
-    }
-}
-
 /// Reads the lock of `issue` in `namespace` (default: the kubeconfig's); `None` (after
 /// telling the user) when the issue is not locked.
 async fn read_issue_lock(
@@ -416,5 +428,34 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_kube_flags_parse_after_any_subcommand() {
+        let cli = Cli::try_parse_from([
+            "issuelock",
+            "list",
+            "--kubeconfig",
+            "/k",
+            "--context",
+            "b",
+            "--request-timeout",
+            "2s",
+            "-o",
+            "name",
+        ])
+        .unwrap();
+        assert_eq!(cli.kube.kubeconfig.as_deref(), Some("/k".as_ref()));
+        assert_eq!(cli.kube.context.as_deref(), Some("b"));
+        assert_eq!(cli.kube.request_timeout, Some(Duration::from_secs(2)));
+        assert!(Cli::try_parse_from(["issuelock", "show", "x", "--context", "a"]).is_ok());
+    }
+
+    #[test]
+    fn the_plugin_is_recognized_by_its_executable_name() {
+        assert!(is_kubectl_plugin(Some("/usr/bin/kubectl-issuelock".into())));
+        assert!(is_kubectl_plugin(Some("kubectl-issuelock".into())));
+        assert!(!is_kubectl_plugin(Some("/usr/bin/issuelock".into())));
+        assert!(!is_kubectl_plugin(None));
     }
 }

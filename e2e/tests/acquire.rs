@@ -166,7 +166,10 @@ async fn cli_run_holds_the_lock_while_the_command_runs() {
         .args(["list", "-n", &ns, "-o", "json"])
         .output()
         .unwrap();
-    let items: Vec<IssueLock> = serde_json::from_slice(&out.stdout).unwrap();
+    // A `List`, as `kubectl get -o json` prints several objects.
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["kind"], "List");
+    let items: Vec<IssueLock> = serde_json::from_value(list["items"].clone()).unwrap();
     assert_eq!(items.len(), 1);
     g.release().await.unwrap();
 }

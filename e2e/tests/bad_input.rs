@@ -180,10 +180,10 @@ async fn an_unreachable_api_server_is_named_and_fails_fast() {
         .unwrap()
         .port();
     let admin = std::fs::read_to_string(kubeconfig()).unwrap();
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
+    let mut doc: serde_json::Value = serde_saphyr::from_str(&admin).unwrap();
     doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{port}").into();
     let kc = scratch.0.join("kubeconfig");
-    std::fs::write(&kc, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    std::fs::write(&kc, serde_saphyr::to_string(&doc).unwrap()).unwrap();
     let started = std::time::Instant::now();
     exits_with(
         issuelock_run("default", "x").env("KUBECONFIG", &kc).args([

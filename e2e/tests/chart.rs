@@ -416,7 +416,7 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
             &metrics,
             "issuelock_reconcile_errors_total{category=\"forbidden\"}"
         ),
-        None,
+        Some(0.0),
         "{metrics}"
     );
     drop(ctl);

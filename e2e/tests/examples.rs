@@ -248,18 +248,17 @@ async fn the_worker_deployment_manifest_is_accepted_and_bound_by_the_chart() {
         .unwrap();
     let (rendered, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    let bound = serde_yaml::Deserializer::from_str(&rendered)
-        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
-        .any(|doc: serde_yaml::Value| {
-            doc["kind"] == "RoleBinding"
-                && doc["metadata"]["namespace"].as_str() == Some(ns.as_str())
-                && doc["roleRef"]["name"].as_str() == Some("issuelock-worker")
-                && doc["subjects"].as_sequence().is_some_and(|s| {
-                    s.iter().any(|s| {
-                        s["name"].as_str() == Some("issue-worker")
-                            && s["namespace"].as_str() == Some(ns.as_str())
-                    })
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&rendered).unwrap();
+    let bound = docs.iter().any(|doc| {
+        doc["kind"] == "RoleBinding"
+            && doc["metadata"]["namespace"].as_str() == Some(ns.as_str())
+            && doc["roleRef"]["name"].as_str() == Some("issuelock-worker")
+            && doc["subjects"].as_array().is_some_and(|s| {
+                s.iter().any(|s| {
+                    s["name"].as_str() == Some("issue-worker")
+                        && s["namespace"].as_str() == Some(ns.as_str())
                 })
-        });
+            })
+    });
     assert!(bound, "no RoleBinding of issue-worker in {ns}:\n{rendered}");
 }

@@ -41,15 +41,18 @@ fn a_crd_older_than_the_client_is_named() {
         env!("CARGO_MANIFEST_DIR"),
         "/crds/issuelock.dev_issuelocks.yaml"
     );
-    let mut old: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(crd).unwrap()).unwrap();
+    let mut old: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(crd).unwrap()).unwrap();
     let pod = &mut old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
         ["holder"]["properties"]["pod"]["properties"];
     assert!(
-        pod.as_mapping_mut().unwrap().remove("namespace").is_some(),
+        pod.as_object_mut().unwrap().remove("namespace").is_some(),
         "the committed CRD has spec.holder.pod.namespace"
     );
-    let out = kubectl_stdin(&["apply", "-f", "-"], &serde_yaml::to_string(&old).unwrap());
+    let out = kubectl_stdin(
+        &["apply", "-f", "-"],
+        &serde_saphyr::to_string(&old).unwrap(),
+    );
     assert!(out.status.success(), "{}", text(&out).1);
     kubectl_ok(&[
         "wait",

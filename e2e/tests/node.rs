@@ -18,7 +18,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -351,9 +350,10 @@ async fn the_user_story_runs_in_pods() {
     let out = kubectl_stdin(&["apply", "-n", &work, "-f", "-"], &manifest);
     assert!(out.status.success(), "{:?}", text(&out));
     let issues: Vec<String> = {
-        let y: serde_yaml::Value = serde_yaml::Deserializer::from_str(&manifest)
-            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
-            .find(|d| d["kind"] == "ConfigMap")
+        let y: serde_json::Value = serde_saphyr::from_multiple(&manifest)
+            .unwrap()
+            .into_iter()
+            .find(|d: &serde_json::Value| d["kind"] == "ConfigMap")
             .unwrap();
         y["data"]["issues"]
             .as_str()

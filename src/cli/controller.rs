@@ -110,11 +110,12 @@ pub(super) async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> 
     let me = HolderIdentity::from_env(instance);
     let metrics = std::sync::Arc::new(crate::controller::metrics::Metrics::default());
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let bound = crate::controller::http::serve(http_addr, metrics.clone(), ready.clone())
+    let server = crate::controller::http::Server::bind(http_addr, metrics.clone(), ready.clone())
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {http_addr}: {e}")))?;
-    tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    tracing::info!(bound = %server.local_addr(), "serving /metrics, /healthz, /readyz");
     let stop = tokio_util::sync::CancellationToken::new();
+    let http = tokio::spawn(server.run(stop.clone().cancelled_owned()));
     let (leadership, campaign) = if leader_election {
         let namespace = leader_election_namespace
             .or_else(|| me.pod_namespace.clone())
@@ -156,6 +157,7 @@ pub(super) async fn controller(args: ControllerArgs) -> Result<ExitCode, Error> 
     if let Some(task) = campaign {
         let _ = task.await;
     }
+    let _ = http.await;
     result?;
     tracing::info!("controller stopped");
     Ok(ExitCode::SUCCESS)

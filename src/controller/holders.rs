@@ -145,6 +145,12 @@ impl HolderIndex {
         index.refs(&index.by_lease, key)
     }
 
+    /// How many locks name the heartbeat Lease `key`.
+    pub fn lock_count_of_lease(&self, key: &LeaseKey) -> usize {
+        let index = self.index.lock().expect("holder index mutex");
+        index.by_lease.get(key).map_or(0, HashSet::len)
+    }
+
     /// The locks held from the pod `key` (its namespace and name), in any namespace.
     pub fn locks_of_pod(&self, key: &PodKey) -> Vec<ObjectRef<IssueLock>> {
         let index = self.index.lock().expect("holder index mutex");
@@ -251,6 +257,8 @@ mod tests {
         index.on_event(&watcher::Event::Apply(lock("4", "x", "d", "l1", None)));
         assert_eq!(names(index.locks_of_lease(&key("w", "l1"))), ["a", "b"]);
         assert_eq!(names(index.locks_of_lease(&key("x", "l1"))), ["d"]);
+        assert_eq!(index.lock_count_of_lease(&key("w", "l1")), 2);
+        assert_eq!(index.lock_count_of_lease(&key("w", "nope")), 0);
         assert_eq!(names(index.locks_of_pod(&key("ci", "p1"))), ["a", "b"]);
         assert_eq!(names(index.locks_of_pod(&key("w", "p1"))), ["c"]);
         index.on_event(&watcher::Event::Delete(lock(

@@ -195,29 +195,28 @@ impl Context {
     }
 
     /// Refreshes the gauges: leadership, locks held and misnamed (counted by the index as
-    /// locks come and go), and the largest time since a held lock's holder Lease was last
-    /// seen changing (one look per Lease, not per lock).
+    /// locks come and go), the locks whose holder Lease was seen changing within its
+    /// duration, and the largest time since a held lock's holder Lease was last seen
+    /// changing (one look per Lease, not per lock).
     fn update_gauges(&self) {
         let m = &self.metrics;
-        m.leader
-            .store(self.leadership.is_leading() as i64, Ordering::Relaxed);
+        m.leader.set(self.leadership.is_leading() as i64);
         let (held, misnamed) = self.holders.counts();
-        m.locks_held.store(held as i64, Ordering::Relaxed);
-        m.misnamed_locks.store(misnamed as i64, Ordering::Relaxed);
+        m.locks_held.set(held as i64);
+        m.misnamed_locks.set(misnamed as i64);
         let now = Instant::now();
-        let oldest = self
-            .holders
-            .leases()
-            .iter()
-            .filter_map(|key| {
-                self.observations
-                    .get(key)
-                    .map(|seen| now.saturating_duration_since(seen.at))
-            })
-            .max()
-            .unwrap_or_default();
-        m.max_heartbeat_age_millis
-            .store(oldest.as_millis() as i64, Ordering::Relaxed);
+        let (mut oldest, mut alive) = (Duration::ZERO, 0);
+        for key in self.holders.leases() {
+            if let Some(seen) = self.observations.get(&key) {
+                let unchanged_for = now.saturating_duration_since(seen.at);
+                oldest = oldest.max(unchanged_for);
+                if unchanged_for < seen.longest_duration {
+                    alive += self.holders.lock_count_of_lease(&key);
+                }
+            }
+        }
+        m.holders_alive.set(alive as i64);
+        m.set_heartbeat_age(oldest);
     }
 }
 

@@ -91,7 +91,7 @@ impl Watched {
             if let Ok(event) = event {
                 ctx.holders.on_event(event);
                 if ctx.first_seen.on_event(event, Instant::now()) {
-                    ctx.metrics.acquisitions.fetch_add(1, Ordering::Relaxed);
+                    ctx.metrics.acquisitions.inc();
                 }
             }
         })

@@ -273,11 +273,10 @@ pub fn lock_config(ns: &str, identity: &str) -> LockConfig {
 /// A kubeconfig file for the cluster under test that authenticates with `token`.
 pub fn token_kubeconfig(dir: &std::path::Path, token: &str) -> PathBuf {
     let admin = std::fs::read_to_string(kubeconfig()).unwrap();
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
-    doc["users"] =
-        serde_yaml::from_str(&format!("- name: admin\n  user:\n    token: {token}\n")).unwrap();
+    let mut doc: serde_json::Value = serde_saphyr::from_str(&admin).unwrap();
+    doc["users"] = serde_json::json!([{"name": "admin", "user": {"token": token}}]);
     let path = dir.join("kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&doc).unwrap()).unwrap();
     path
 }
 
@@ -329,8 +328,8 @@ where
     }
 }
 
-/// The body of `GET path` from `host:port` (the controller's HTTP endpoint answers one
-/// request per connection), if it answered 200 within 5 s.
+/// The body of `GET path` from `host:port` (one request per connection), if it answered
+/// 200 within 5 s.
 pub fn http_get(host: &str, port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
@@ -338,7 +337,11 @@ pub fn http_get(host: &str, port: u16, path: &str) -> Option<String> {
         .next()?;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
@@ -687,8 +690,8 @@ pub fn percentile(xs: &[f64], p: f64) -> f64 {
 
 /// `host:port` of the API server of the admin kubeconfig, for a proxy to connect to.
 pub fn api_server_addr() -> String {
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
     doc["clusters"][0]["cluster"]["server"]
         .as_str()
         .unwrap()
@@ -698,11 +701,11 @@ pub fn api_server_addr() -> String {
 
 /// Writes `dir/file`: the admin kubeconfig, pointed at a proxy on 127.0.0.1:`port`.
 pub fn proxied_kubeconfig(dir: &std::path::Path, file: &str, port: u16) -> PathBuf {
-    let mut doc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+    let mut doc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
     doc["clusters"][0]["cluster"]["server"] = format!("https://127.0.0.1:{port}").into();
     let path = dir.join(file);
-    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&doc).unwrap()).unwrap();
     path
 }
 
@@ -1001,7 +1004,7 @@ impl FaultProxy {
             "current-context": "proxy"
         });
         let path = dir.join("fault-proxy-kubeconfig");
-        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        std::fs::write(&path, serde_saphyr::to_string(&doc).unwrap()).unwrap();
         path
     }
 
