@@ -111,7 +111,8 @@ impl Verification {
 }
 
 /// Which worker a key may sign for, as the verifier enforces it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum KeyBinding {
     /// Any key signs for any worker (one shared key, or keys only for rotation).
     #[default]
