@@ -5,6 +5,7 @@ use crate::key::InvalidKey;
 
 /// Everything that can go wrong taking, holding or giving back a lock.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The issue key was rejected before any API call.
     #[error("invalid issue key")]

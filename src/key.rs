@@ -36,6 +36,7 @@ pub struct IssueKey(String);
 
 /// Why a string is not a valid issue key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidKey {
     #[error("issue key is empty")]
     Empty,

@@ -59,6 +59,7 @@ impl std::fmt::Debug for Keyring {
 
 /// The result of checking a lock's signature.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verification {
     /// Signed by a known key, and the tag matches.
     Valid { key_id: String },
@@ -113,6 +114,7 @@ impl Verification {
 /// Which worker a key may sign for, as the verifier enforces it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[non_exhaustive]
 pub enum KeyBinding {
     /// Any key signs for any worker (one shared key, or keys only for rotation).
     #[default]

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 /// The order in which a worker tries its candidates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClaimOrder {
     /// Rendezvous order: by a hash of the worker identity and the key, so every worker
     /// has an order of its own and a key's place does not depend on the other keys.
@@ -25,6 +26,7 @@ pub enum ClaimOrder {
 
 /// What [`LockClient::claim_next`] found.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Claimed {
     /// We hold the lock on this candidate, and the done check said it is not finished
     /// both before and after the lock was taken.

@@ -102,6 +102,7 @@ impl fmt::Display for FencingToken {
 
 /// The outcome of [`LockClient::try_acquire`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Acquisition {
     /// We hold the lock until the guard is released, dropped or lost.
     Acquired(LockGuard),
@@ -112,6 +113,7 @@ pub enum Acquisition {
 
 /// Who holds a lock we could not take.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct HeldBy {
     /// The issue key.
     pub issue: String,
@@ -122,7 +124,22 @@ pub struct HeldBy {
 }
 
 /// Settings of a [`LockClient`].
+///
+/// Built with [`LockConfig::new`] and the `with_*` methods (the fields stay public to
+/// read and to change; more may be added):
+///
+/// ```
+/// use issuelock::{HeartbeatConfig, HolderIdentity, LockConfig};
+/// use std::time::Duration;
+///
+/// let config = LockConfig::new("workers", HolderIdentity::new("worker-1"))
+///     .with_max_hold(Duration::from_secs(3600))
+///     .with_call_timeout(Duration::from_secs(5))
+///     .with_heartbeat(HeartbeatConfig::default().with_renew_interval(Duration::from_secs(1)));
+/// assert_eq!(config.namespace, "workers");
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LockConfig {
     /// Namespace the locks (and the heartbeat Lease) live in.
     pub namespace: String,
@@ -155,10 +172,42 @@ impl LockConfig {
             keys: None,
         }
     }
+
+    /// Records `user` as the Kubernetes username in each lock instead of asking the API
+    /// server at start (see [`LockConfig::user`]).
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// Caps how long each lock may be held (at most [`MAX_HOLD_LIMIT`]).
+    pub fn with_max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
+    }
+
+    /// Sets the deadline of every single API call (default 10 s).
+    pub fn with_call_timeout(mut self, call_timeout: Duration) -> Self {
+        self.call_timeout = call_timeout;
+        self
+    }
+
+    /// Sets the heartbeat timing (default [`HeartbeatConfig::default`]).
+    pub fn with_heartbeat(mut self, heartbeat: HeartbeatConfig) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Signs each lock with the signing key of `keys`.
+    pub fn with_keys(mut self, keys: Arc<Keyring>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
 }
 
 /// The outcome of [`LockClient::process_safely`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Outcome<T> {
     /// The work ran to completion while we held the lock, and the lock was released.
     Completed(T),
@@ -172,6 +221,7 @@ pub enum Outcome<T> {
 
 /// What the work protected by [`LockClient::process_safely`] may know about its lock.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Fence {
     /// The locked issue.
     pub issue: IssueKey,
@@ -190,6 +240,7 @@ pub struct LockClient {
 /// Counts of [`LockClient::try_acquire`] outcomes since the client started, for workers
 /// to export as metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AcquireStats {
     /// Calls that took the lock.
     pub acquired: u64,
@@ -205,6 +256,7 @@ pub struct AcquireStats {
 /// after its create was sent, a lock of ours found on a create) and what became of them.
 /// The ordinary releases of [`LockClient::shutdown`] are not counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CleanupStats {
     /// Locks (possibly) left behind so far; each is also logged.
     pub queued: u64,

@@ -30,6 +30,7 @@ pub struct Worker<S> {
 
 /// What [`Worker::run`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkReport {
     /// Issues whose work completed while the lock was held.
     pub completed: u64,
