@@ -28,8 +28,9 @@ clippy: ## Lint with warnings as errors.
 	cargo clippy --all-targets -- -D warnings
 
 .PHONY: test-unit
-test-unit: ## Unit tests (no cluster needed), including the CRD-in-sync check.
+test-unit: ## Unit tests and doc-tests (no cluster needed), including the CRD-in-sync check and the README's Rust example.
 	cargo test --lib --bins
+	cargo test --doc
 
 .PHONY: test-python
 test-python: ## The Python reference worker's tests (lock-name vectors); creates its venv once.

@@ -62,15 +62,25 @@ impl std::fmt::Debug for Keyring {
 #[non_exhaustive]
 pub enum Verification {
     /// Signed by a known key, and the tag matches.
-    Valid { key_id: String },
+    Valid {
+        /// The signing key's id.
+        key_id: String,
+    },
     /// The lock carries no signature.
     Missing,
     /// Signed with a key id we do not have.
-    UnknownKey { key_id: String },
+    UnknownKey {
+        /// The key id the lock names.
+        key_id: String,
+    },
     /// The tag does not match the lock's contents (forged or edited).
-    Mismatch { key_id: String },
+    Mismatch {
+        /// The key id the lock names.
+        key_id: String,
+    },
     /// The key is bound to another worker than the lock's holder (see [`KeyBinding`]).
     KeyNotBound {
+        /// The key id the lock names.
         key_id: String,
         /// `spec.holder.user`, if any.
         user: Option<String>,

@@ -34,7 +34,9 @@ pub enum Claimed {
     /// No candidate could be taken. `done` are the candidates the check said are finished;
     /// `held` the others (held by someone else, as far as this client knows).
     Nothing {
+        /// Candidates the done check called finished.
         done: Vec<IssueKey>,
+        /// Candidates held by someone else.
         held: Vec<IssueKey>,
     },
 }

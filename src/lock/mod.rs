@@ -216,7 +216,10 @@ pub enum Outcome<T> {
     /// The lock was lost while the work ran. `output` is `Some` when the work finished
     /// but the lock turned out lost at release time: it may have overlapped with another
     /// holder's work. When `None`, the work was cancelled (its future dropped).
-    Lost { output: Option<T> },
+    Lost {
+        /// The work's output, if it finished before the loss was known.
+        output: Option<T>,
+    },
 }
 
 /// What the work protected by [`LockClient::process_safely`] may know about its lock.
@@ -232,6 +235,23 @@ pub struct Fence {
 }
 
 /// Takes locks for one holder process. Cheap to clone.
+///
+/// One client per process: it owns the process's heartbeat Lease and its watch of its
+/// own locks. [`LockClient::shutdown`] gives back what is left.
+///
+/// ```no_run
+/// use issuelock::{HolderIdentity, LockClient, LockConfig};
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = kube::Client::try_default().await?;
+/// let config = LockConfig::new("workers", HolderIdentity::from_env(None));
+/// let locks = LockClient::start(client, config).await?;
+/// println!("holding locks as {} in {}", locks.holder().identity, locks.namespace());
+/// // ... try_acquire, process_safely, claim_next, or a Worker ...
+/// locks.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct LockClient {
     inner: Arc<Inner>,
@@ -396,6 +416,27 @@ impl LockClient {
     ///
     /// This is the whole protocol for the common case: there is nothing else for the
     /// caller to get wrong.
+    ///
+    /// ```no_run
+    /// use issuelock::{LockClient, Outcome};
+    ///
+    /// # async fn example(locks: LockClient) -> issuelock::Result<()> {
+    /// let outcome = locks
+    ///     .process_safely("org/repo#123", |fence| async move {
+    ///         // Hand fence.fencing_token to storage that can check it; fence.lost is
+    ///         // cancelled when the lock may be lost (this future is dropped then).
+    ///         format!("{} done under token {}", fence.issue, fence.fencing_token)
+    ///     })
+    ///     .await?;
+    /// match outcome {
+    ///     Outcome::Completed(message) => println!("{message}"),
+    ///     Outcome::Held(by) => println!("held by {} since {:?}", by.holder.identity, by.since),
+    ///     Outcome::Lost { output } => println!("lost the lock (work finished: {})", output.is_some()),
+    ///     _ => {}
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn process_safely<T, F, Fut>(&self, issue: &str, work: F) -> Result<Outcome<T>>
     where
         F: FnOnce(Fence) -> Fut,
@@ -430,6 +471,23 @@ impl LockClient {
     ///
     /// Errors: [`Error::InvalidKey`] before any call; [`Error::NameCollision`] if another
     /// key's lock has this key's name; API errors classified by [`classify`].
+    ///
+    /// ```no_run
+    /// use issuelock::{Acquisition, LockClient};
+    ///
+    /// # async fn example(locks: LockClient) -> issuelock::Result<()> {
+    /// match locks.try_acquire("org/repo#123").await? {
+    ///     Acquisition::Acquired(guard) => {
+    ///         println!("fencing token {}", guard.fencing_token());
+    ///         // ... work, stopping when guard.lost() completes ...
+    ///         guard.release().await?; // Error::LockLost if it was taken from us
+    ///     }
+    ///     Acquisition::Held(by) => println!("held by {}", by.holder.identity),
+    ///     _ => {}
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn try_acquire(&self, issue: &str) -> Result<Acquisition> {
         let outcome = self.acquire_once(issue).await;
         let mut stats = self.inner.stats.lock().expect("stats mutex");
