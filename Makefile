@@ -17,7 +17,7 @@ demo-processes: ## The same story with host processes on a throwaway control pla
 	bash e2e/demo-processes.sh
 
 .PHONY: test
-test: fmt-check clippy test-unit test-python test-e2e test-node ## Everything CI runs: fmt, clippy, unit, Python, end-to-end and node tests.
+test: fmt-check clippy test-unit test-crate test-python test-e2e test-node ## Everything CI runs: fmt, clippy, unit, Python, end-to-end and node tests.
 
 .PHONY: fmt-check
 fmt-check: ## Check formatting.
@@ -31,6 +31,12 @@ clippy: ## Lint with warnings as errors.
 test-unit: ## Unit tests and doc-tests (no cluster needed), including the CRD-in-sync check and the README's Rust example.
 	cargo test --lib --bins
 	cargo test --doc
+
+.PHONY: test-crate
+test-crate: ## The crate as a library user gets it: no-CLI lint, examples/other-k8s-version (k8s-openapi v1_35) built and its tree checked, the package's file list.
+	cargo clippy --lib --tests --no-default-features -- -D warnings
+	cd examples/other-k8s-version && CARGO_TARGET_DIR="$(CARGO_TARGET_DIR)-other" cargo build --locked
+	bash examples/other-k8s-version/check-tree.sh
 
 .PHONY: test-python
 test-python: ## The Python reference worker's tests (lock-name vectors); creates its venv once.
