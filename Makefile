@@ -37,6 +37,12 @@ test-crate: ## The crate as a library user gets it: no-CLI lint, examples/other-
 	cargo clippy --lib --tests --no-default-features -- -D warnings
 	cd examples/other-k8s-version && CARGO_TARGET_DIR="$(CARGO_TARGET_DIR)-other" cargo build --locked
 	bash examples/other-k8s-version/check-tree.sh
+	@set -o pipefail; files="$$(cargo package --list --allow-dirty --quiet)" || exit 1; \
+	extra="$$(grep -vE '^(src/.*\.rs|crds/[^/]+\.yaml|protocol/[^/]+\.json|README\.md|PROTOCOL\.md|Cargo\.(toml|toml\.orig|lock)|\.cargo_vcs_info\.json)$$' <<<"$$files")"; \
+	if [ -n "$$extra" ]; then echo "files that do not belong in the crate package:" >&2; echo "$$extra" >&2; exit 1; fi; \
+	for f in src/lib.rs src/main.rs crds/issuelock.dev_issuelocks.yaml README.md; do \
+	  grep -qxF "$$f" <<<"$$files" || { echo "the crate package lacks $$f" >&2; exit 1; }; done; \
+	echo "cargo package: $$(wc -l <<<"$$files") files, only src, crds, protocol, README, PROTOCOL, Cargo files"
 
 .PHONY: test-python
 test-python: ## The Python reference worker's tests (lock-name vectors); creates its venv once.
