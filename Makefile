@@ -35,7 +35,7 @@ test-unit: ## Unit tests and doc-tests (no cluster needed), including the CRD-in
 .PHONY: test-crate
 test-crate: ## The crate as a library user gets it: no-CLI lint, examples/other-k8s-version (k8s-openapi v1_35) built and its tree checked, the package's file list.
 	cargo clippy --lib --tests --no-default-features -- -D warnings
-	cd examples/other-k8s-version && CARGO_TARGET_DIR="$(CARGO_TARGET_DIR)-other" cargo build --locked
+	cd examples/other-k8s-version && cargo fmt -- --check && CARGO_TARGET_DIR="$(CARGO_TARGET_DIR)-other" cargo build --locked
 	bash examples/other-k8s-version/check-tree.sh
 	@set -o pipefail; files="$$(cargo package --list --allow-dirty --quiet)" || exit 1; \
 	extra="$$(grep -vE '^(src/.*\.rs|crds/[^/]+\.yaml|protocol/[^/]+\.json|README\.md|PROTOCOL\.md|Cargo\.(toml|toml\.orig|lock)|\.cargo_vcs_info\.json)$$' <<<"$$files")"; \

@@ -26,7 +26,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let outcome = locks
         .process_safely(issue, |fence| async move {
             let listed = pods.list(&Default::default()).await.map(|l| l.items.len());
-            println!("{} taken with token {}: {listed:?} pods", fence.issue, fence.fencing_token);
+            println!(
+                "{} taken with token {}: {listed:?} pods",
+                fence.issue, fence.fencing_token
+            );
         })
         .await?;
     match outcome {
