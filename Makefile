@@ -17,7 +17,7 @@ demo-processes: ## The same story with host processes on a throwaway control pla
 	bash e2e/demo-processes.sh
 
 .PHONY: test
-test: fmt-check clippy test-unit test-python test-e2e test-node ## Everything CI runs: fmt, clippy, unit, Python, end-to-end and node tests.
+test: fmt-check clippy test-unit test-crate test-python test-e2e test-node ## Everything CI runs: fmt, clippy, unit, Python, end-to-end and node tests.
 
 .PHONY: fmt-check
 fmt-check: ## Check formatting.
@@ -28,8 +28,21 @@ clippy: ## Lint with warnings as errors.
 	cargo clippy --all-targets -- -D warnings
 
 .PHONY: test-unit
-test-unit: ## Unit tests (no cluster needed), including the CRD-in-sync check.
+test-unit: ## Unit tests and doc-tests (no cluster needed), including the CRD-in-sync check and the README's Rust example.
 	cargo test --lib --bins
+	cargo test --doc
+
+.PHONY: test-crate
+test-crate: ## The crate as a library user gets it: no-CLI lint, examples/other-k8s-version (k8s-openapi v1_35) built and its tree checked, the package's file list.
+	cargo clippy --lib --tests --no-default-features -- -D warnings
+	cd examples/other-k8s-version && cargo fmt -- --check && CARGO_TARGET_DIR="$(CARGO_TARGET_DIR)-other" cargo build --locked
+	bash examples/other-k8s-version/check-tree.sh
+	@set -o pipefail; files="$$(cargo package --list --allow-dirty --quiet)" || exit 1; \
+	extra="$$(grep -vE '^(src/.*\.rs|crds/[^/]+\.yaml|protocol/[^/]+\.json|README\.md|PROTOCOL\.md|Cargo\.(toml|toml\.orig|lock)|\.cargo_vcs_info\.json)$$' <<<"$$files")"; \
+	if [ -n "$$extra" ]; then echo "files that do not belong in the crate package:" >&2; echo "$$extra" >&2; exit 1; fi; \
+	for f in src/lib.rs src/main.rs crds/issuelock.dev_issuelocks.yaml README.md; do \
+	  grep -qxF "$$f" <<<"$$files" || { echo "the crate package lacks $$f" >&2; exit 1; }; done; \
+	echo "cargo package: $$(wc -l <<<"$$files") files, only src, crds, protocol, README, PROTOCOL, Cargo files"
 
 .PHONY: test-python
 test-python: ## The Python reference worker's tests (lock-name vectors); creates its venv once.

@@ -69,6 +69,7 @@ async fn one(
         Outcome::Completed(()) => println!("completed {issue}"),
         Outcome::Held(by) => println!("{issue} is held by {}", by.holder.identity),
         Outcome::Lost { .. } => println!("lost the lock on {issue}"),
+        other => println!("{issue}: {other:?}"),
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use crate::key::InvalidKey;
 
 /// Everything that can go wrong taking, holding or giving back a lock.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The issue key was rejected before any API call.
     #[error("invalid issue key")]
@@ -19,36 +20,57 @@ pub enum Error {
 
     /// The namespace the locks live in does not exist.
     #[error("namespace {namespace:?} does not exist")]
-    NamespaceNotFound { namespace: String },
+    NamespaceNotFound {
+        /// The missing namespace.
+        namespace: String,
+    },
 
     /// RBAC denied a request.
     #[error(
         "permission denied while trying to {step}: {message} \
          (bind the issuelock-worker ClusterRole to this identity in the namespace)"
     )]
-    Forbidden { step: &'static str, message: String },
+    Forbidden {
+        /// What we were doing (e.g. "create the lock").
+        step: &'static str,
+        /// The API server's message.
+        message: String,
+    },
 
     /// The API server rejected our credentials.
     #[error("the API server rejected our credentials while trying to {step}: {message}")]
-    Unauthorized { step: &'static str, message: String },
+    Unauthorized {
+        /// What we were doing.
+        step: &'static str,
+        /// The API server's message.
+        message: String,
+    },
 
     /// The API server could not be reached or did not answer in time.
     #[error("cannot reach the API server while trying to {step}")]
     Unreachable {
+        /// What we were doing.
         step: &'static str,
+        /// The transport error or timeout.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The lock was deleted or replaced while we believed we held it.
     #[error("lock on issue {issue:?} was lost: it was deleted or replaced by someone else")]
-    LockLost { issue: String },
+    LockLost {
+        /// The issue key of the lost lock.
+        issue: String,
+    },
 
     /// Two different keys map to the same lock name (a 48-bit hash collision).
     #[error("issue {issue:?} maps to lock {name:?}, which is held for a different issue {other:?}")]
     NameCollision {
+        /// The key we tried to lock.
         issue: String,
+        /// The lock object's name.
         name: String,
+        /// The key recorded in the lock that holds that name.
         other: String,
     },
 
@@ -62,7 +84,12 @@ pub enum Error {
 
     /// The caller's check of whether an issue is done failed.
     #[error("cannot tell whether issue {issue:?} is done: {message}")]
-    DoneCheck { issue: String, message: String },
+    DoneCheck {
+        /// The issue key being checked.
+        issue: String,
+        /// What the check reported.
+        message: String,
+    },
 
     /// The configuration given to the library is inconsistent.
     #[error("invalid configuration: {0}")]
@@ -71,7 +98,9 @@ pub enum Error {
     /// Any other API error.
     #[error("failed to {step}")]
     Api {
+        /// What we were doing.
         step: &'static str,
+        /// The error from kube.
         #[source]
         source: kube::Error,
     },

@@ -30,7 +30,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Timing of a heartbeat; see the module docs.
+///
+/// Built from [`HeartbeatConfig::default`] with the `with_*` methods; more fields may be
+/// added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeartbeatConfig {
     /// How long observers wait, after last seeing the Lease change, before declaring the
     /// holder dead. Written to the Lease (whole seconds). Default 15 s.
@@ -53,6 +57,24 @@ impl Default for HeartbeatConfig {
 }
 
 impl HeartbeatConfig {
+    /// Sets [`HeartbeatConfig::lease_duration`].
+    pub fn with_lease_duration(mut self, lease_duration: Duration) -> Self {
+        self.lease_duration = lease_duration;
+        self
+    }
+
+    /// Sets [`HeartbeatConfig::renew_deadline`].
+    pub fn with_renew_deadline(mut self, renew_deadline: Duration) -> Self {
+        self.renew_deadline = renew_deadline;
+        self
+    }
+
+    /// Sets [`HeartbeatConfig::renew_interval`].
+    pub fn with_renew_interval(mut self, renew_interval: Duration) -> Self {
+        self.renew_interval = renew_interval;
+        self
+    }
+
     /// Checks `lease_duration > renew_deadline > renew_interval > 0` and that the lease
     /// duration is a whole number of seconds.
     pub fn validate(&self) -> Result<()> {

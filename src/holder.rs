@@ -14,8 +14,10 @@ pub const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
 /// See [`POD_NAME_ENV`].
 pub const POD_UID_ENV: &str = "POD_UID";
 
-/// This process as a lock holder.
+/// This process as a lock holder: [`HolderIdentity::from_env`] in a pod,
+/// [`HolderIdentity::new`] with an identity of your choice elsewhere.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HolderIdentity {
     /// Written to `spec.holder.identity` and the Lease's `holderIdentity`.
     pub identity: String,
@@ -26,6 +28,23 @@ pub struct HolderIdentity {
 }
 
 impl HolderIdentity {
+    /// The holder `identity`, in no known pod.
+    pub fn new(identity: impl Into<String>) -> Self {
+        Self {
+            identity: identity.into(),
+            pod: None,
+            pod_namespace: None,
+        }
+    }
+
+    /// The same identity running in `pod` (its namespace, if set, also recorded as
+    /// [`HolderIdentity::pod_namespace`]).
+    pub fn with_pod(mut self, pod: HolderPod) -> Self {
+        self.pod_namespace = pod.namespace.clone();
+        self.pod = Some(pod);
+        self
+    }
+
     /// The identity from the environment: `explicit` wins, then `POD_NAME`, then
     /// `<hostname>-<pid>`. The pod is recorded only when both `POD_NAME` and `POD_UID` are
     /// set, with its namespace from `POD_NAMESPACE` when that is set too.

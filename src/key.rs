@@ -36,13 +36,25 @@ pub struct IssueKey(String);
 
 /// Why a string is not a valid issue key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidKey {
+    /// The key is the empty string.
     #[error("issue key is empty")]
     Empty,
+    /// The key is longer than [`MAX_KEY_CHARS`] characters.
     #[error("issue key is {chars} characters long; the limit is {MAX_KEY_CHARS}")]
-    TooLong { chars: usize },
+    TooLong {
+        /// Its length in characters.
+        chars: usize,
+    },
+    /// The key contains a control character.
     #[error("issue key contains control character U+{code:04X} at character {position}")]
-    ControlCharacter { code: u32, position: usize },
+    ControlCharacter {
+        /// The character's code point.
+        code: u32,
+        /// Its position in the key, in characters from 0.
+        position: usize,
+    },
 }
 
 impl IssueKey {

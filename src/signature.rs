@@ -59,17 +59,28 @@ impl std::fmt::Debug for Keyring {
 
 /// The result of checking a lock's signature.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verification {
     /// Signed by a known key, and the tag matches.
-    Valid { key_id: String },
+    Valid {
+        /// The signing key's id.
+        key_id: String,
+    },
     /// The lock carries no signature.
     Missing,
     /// Signed with a key id we do not have.
-    UnknownKey { key_id: String },
+    UnknownKey {
+        /// The key id the lock names.
+        key_id: String,
+    },
     /// The tag does not match the lock's contents (forged or edited).
-    Mismatch { key_id: String },
+    Mismatch {
+        /// The key id the lock names.
+        key_id: String,
+    },
     /// The key is bound to another worker than the lock's holder (see [`KeyBinding`]).
     KeyNotBound {
+        /// The key id the lock names.
         key_id: String,
         /// `spec.holder.user`, if any.
         user: Option<String>,
@@ -111,7 +122,9 @@ impl Verification {
 }
 
 /// Which worker a key may sign for, as the verifier enforces it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[non_exhaustive]
 pub enum KeyBinding {
     /// Any key signs for any worker (one shared key, or keys only for rotation).
     #[default]

@@ -32,6 +32,7 @@ async fn sixty_four_racers_one_winner_and_tokens_increase() {
         match t.await.unwrap() {
             (i, Acquisition::Acquired(g)) => winners.push((i, g)),
             (_, Acquisition::Held(by)) => held.push(by),
+            (_, other) => panic!("{other:?}"),
         }
     }
     assert_eq!(winners.len(), 1, "exactly one racer must win");

@@ -61,11 +61,10 @@ async fn a_lock_riding_on_another_workers_heartbeat_is_reclaimed() {
     let kcs = workers(&ns, &["victim", "forger"], &scratch);
     let _controller = ControllerProcess::start(&ns);
     let mut config = lock_config(&ns, "victim");
-    config.heartbeat = HeartbeatConfig {
-        lease_duration: Duration::from_secs(6),
-        renew_deadline: Duration::from_secs(4),
-        renew_interval: Duration::from_secs(1),
-    };
+    config.heartbeat = HeartbeatConfig::default()
+        .with_lease_duration(Duration::from_secs(6))
+        .with_renew_deadline(Duration::from_secs(4))
+        .with_renew_interval(Duration::from_secs(1));
     let victim = LockClient::start(client_for(&kcs[0]).await, config)
         .await
         .unwrap();
@@ -100,7 +99,7 @@ async fn a_lock_in_anothers_name_naming_our_lease_is_held_not_ours() {
             Some(format!("system:serviceaccount:{ns}:forger").as_str()),
             "reported as held by its creator"
         ),
-        Acquisition::Acquired(_) => panic!("the victim deleted the forger's lock as its own"),
+        other => panic!("the victim deleted the forger's lock as its own: {other:?}"),
     }
     assert_eq!(
         victim.cleanup_stats().queued,

@@ -216,7 +216,7 @@ async fn a_lost_heartbeat_marks_every_guard_lost_and_refuses_new_acquires() {
             async move {
                 match locks.try_acquire(k).await.unwrap() {
                     Acquisition::Acquired(g) => g,
-                    Acquisition::Held(_) => panic!("free"),
+                    other => panic!("free: {other:?}"),
                 }
             }
         })

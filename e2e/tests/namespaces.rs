@@ -80,7 +80,7 @@ async fn signing_client(
 async fn acquire(locks: &LockClient, issue: &str) -> LockGuard {
     match locks.try_acquire(issue).await.unwrap() {
         Acquisition::Acquired(guard) => guard,
-        Acquisition::Held(by) => panic!("{issue} held by {by:?}"),
+        other => panic!("{issue}: {other:?}"),
     }
 }
 

@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 /// Lease 6 s, deadline 4 s, renew every 1 s.
 async fn fast_client(client: &kube::Client, ns: &str, identity: &str) -> LockClient {
     let mut config = lock_config(ns, identity);
-    config.heartbeat = HeartbeatConfig {
-        lease_duration: Duration::from_secs(6),
-        renew_deadline: Duration::from_secs(4),
-        renew_interval: Duration::from_secs(1),
-    };
+    config.heartbeat = HeartbeatConfig::default()
+        .with_lease_duration(Duration::from_secs(6))
+        .with_renew_deadline(Duration::from_secs(4))
+        .with_renew_interval(Duration::from_secs(1));
     LockClient::start(client.clone(), config).await.unwrap()
 }
 

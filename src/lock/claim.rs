@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 /// The order in which a worker tries its candidates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClaimOrder {
     /// Rendezvous order: by a hash of the worker identity and the key, so every worker
     /// has an order of its own and a key's place does not depend on the other keys.
@@ -25,6 +26,7 @@ pub enum ClaimOrder {
 
 /// What [`LockClient::claim_next`] found.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Claimed {
     /// We hold the lock on this candidate, and the done check said it is not finished
     /// both before and after the lock was taken.
@@ -32,7 +34,9 @@ pub enum Claimed {
     /// No candidate could be taken. `done` are the candidates the check said are finished;
     /// `held` the others (held by someone else, as far as this client knows).
     Nothing {
+        /// Candidates the done check called finished.
         done: Vec<IssueKey>,
+        /// Candidates held by someone else.
         held: Vec<IssueKey>,
     },
 }

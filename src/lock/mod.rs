@@ -106,6 +106,7 @@ impl fmt::Display for FencingToken {
 
 /// The outcome of [`LockClient::try_acquire`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Acquisition {
     /// We hold the lock until the guard is released, dropped or lost.
     Acquired(LockGuard),
@@ -116,6 +117,7 @@ pub enum Acquisition {
 
 /// Who holds a lock we could not take.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct HeldBy {
     /// The issue key.
     pub issue: String,
@@ -126,7 +128,22 @@ pub struct HeldBy {
 }
 
 /// Settings of a [`LockClient`].
+///
+/// Built with [`LockConfig::new`] and the `with_*` methods (the fields stay public to
+/// read and to change; more may be added):
+///
+/// ```
+/// use issuelock::{HeartbeatConfig, HolderIdentity, LockConfig};
+/// use std::time::Duration;
+///
+/// let config = LockConfig::new("workers", HolderIdentity::new("worker-1"))
+///     .with_max_hold(Duration::from_secs(3600))
+///     .with_call_timeout(Duration::from_secs(5))
+///     .with_heartbeat(HeartbeatConfig::default().with_renew_interval(Duration::from_secs(1)));
+/// assert_eq!(config.namespace, "workers");
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LockConfig {
     /// Namespace the locks (and the heartbeat Lease) live in.
     pub namespace: String,
@@ -159,10 +176,42 @@ impl LockConfig {
             keys: None,
         }
     }
+
+    /// Records `user` as the Kubernetes username in each lock instead of asking the API
+    /// server at start (see [`LockConfig::user`]).
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// Caps how long each lock may be held (at most [`MAX_HOLD_LIMIT`]).
+    pub fn with_max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
+    }
+
+    /// Sets the deadline of every single API call (default 10 s).
+    pub fn with_call_timeout(mut self, call_timeout: Duration) -> Self {
+        self.call_timeout = call_timeout;
+        self
+    }
+
+    /// Sets the heartbeat timing (default [`HeartbeatConfig::default`]).
+    pub fn with_heartbeat(mut self, heartbeat: HeartbeatConfig) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Signs each lock with the signing key of `keys`.
+    pub fn with_keys(mut self, keys: Arc<Keyring>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
 }
 
 /// The outcome of [`LockClient::process_safely`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Outcome<T> {
     /// The work ran to completion while we held the lock, and the lock was released.
     Completed(T),
@@ -171,11 +220,15 @@ pub enum Outcome<T> {
     /// The lock was lost while the work ran. `output` is `Some` when the work finished
     /// but the lock turned out lost at release time: it may have overlapped with another
     /// holder's work. When `None`, the work was cancelled (its future dropped).
-    Lost { output: Option<T> },
+    Lost {
+        /// The work's output, if it finished before the loss was known.
+        output: Option<T>,
+    },
 }
 
 /// What the work protected by [`LockClient::process_safely`] may know about its lock.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Fence {
     /// The locked issue.
     pub issue: IssueKey,
@@ -186,6 +239,23 @@ pub struct Fence {
 }
 
 /// Takes locks for one holder process. Cheap to clone.
+///
+/// One client per process: it owns the process's heartbeat Lease and its watch of its
+/// own locks. [`LockClient::shutdown`] gives back what is left.
+///
+/// ```no_run
+/// use issuelock::{HolderIdentity, LockClient, LockConfig};
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = kube::Client::try_default().await?;
+/// let config = LockConfig::new("workers", HolderIdentity::from_env(None));
+/// let locks = LockClient::start(client, config).await?;
+/// println!("holding locks as {} in {}", locks.holder().identity, locks.namespace());
+/// // ... try_acquire, process_safely, claim_next, or a Worker ...
+/// locks.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct LockClient {
     inner: Arc<Inner>,
@@ -194,6 +264,7 @@ pub struct LockClient {
 /// Counts of [`LockClient::try_acquire`] outcomes since the client started, for workers
 /// to export as metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AcquireStats {
     /// Calls that took the lock.
     pub acquired: u64,
@@ -209,6 +280,7 @@ pub struct AcquireStats {
 /// after its create was sent, a lock of ours found on a create) and what became of them.
 /// The ordinary releases of [`LockClient::shutdown`] are not counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CleanupStats {
     /// Locks (possibly) left behind so far; each is also logged.
     pub queued: u64,
@@ -347,6 +419,27 @@ impl LockClient {
     ///
     /// This is the whole protocol for the common case: there is nothing else for the
     /// caller to get wrong.
+    ///
+    /// ```no_run
+    /// use issuelock::{LockClient, Outcome};
+    ///
+    /// # async fn example(locks: LockClient) -> issuelock::Result<()> {
+    /// let outcome = locks
+    ///     .process_safely("org/repo#123", |fence| async move {
+    ///         // Hand fence.fencing_token to storage that can check it; fence.lost is
+    ///         // cancelled when the lock may be lost (this future is dropped then).
+    ///         format!("{} done under token {}", fence.issue, fence.fencing_token)
+    ///     })
+    ///     .await?;
+    /// match outcome {
+    ///     Outcome::Completed(message) => println!("{message}"),
+    ///     Outcome::Held(by) => println!("held by {} since {:?}", by.holder.identity, by.since),
+    ///     Outcome::Lost { output } => println!("lost the lock (work finished: {})", output.is_some()),
+    ///     _ => {}
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn process_safely<T, F, Fut>(&self, issue: &str, work: F) -> Result<Outcome<T>>
     where
         F: FnOnce(Fence) -> Fut,
@@ -381,6 +474,23 @@ impl LockClient {
     ///
     /// Errors: [`Error::InvalidKey`] before any call; [`Error::NameCollision`] if another
     /// key's lock has this key's name; API errors classified by [`classify`].
+    ///
+    /// ```no_run
+    /// use issuelock::{Acquisition, LockClient};
+    ///
+    /// # async fn example(locks: LockClient) -> issuelock::Result<()> {
+    /// match locks.try_acquire("org/repo#123").await? {
+    ///     Acquisition::Acquired(guard) => {
+    ///         println!("fencing token {}", guard.fencing_token());
+    ///         // ... work, stopping when guard.lost() completes ...
+    ///         guard.release().await?; // Error::LockLost if it was taken from us
+    ///     }
+    ///     Acquisition::Held(by) => println!("held by {}", by.holder.identity),
+    ///     _ => {}
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn try_acquire(&self, issue: &str) -> Result<Acquisition> {
         let outcome = self.acquire_once(issue).await;
         let mut stats = self.inner.stats.lock().expect("stats mutex");

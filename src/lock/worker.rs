@@ -20,6 +20,26 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// the input has ended and no candidate is left. Keys that come again are ignored. A claim
 /// that fails for a transient reason ([`Error::is_transient`]: API server unreachable,
 /// 429, 5xx) is retried with backoff (0.5 s doubling to 30 s).
+///
+/// ```no_run
+/// use issuelock::{IssueKey, LockClient, Worker};
+///
+/// # async fn example(locks: LockClient) -> issuelock::Result<()> {
+/// let keys: Vec<IssueKey> = ["org/repo#1", "org/repo#2"]
+///     .into_iter()
+///     .map(IssueKey::parse)
+///     .collect::<Result<_, _>>()?;
+/// let report = Worker::new(locks, futures::stream::iter(keys))
+///     .run(
+///         // Whether an issue is already done (e.g. a row in your database).
+///         async |_key: &IssueKey| Ok(false),
+///         |fence| async move { println!("working on {}", fence.issue) },
+///     )
+///     .await?;
+/// println!("{} completed, {} lost", report.completed, report.lost);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Worker<S> {
     locks: LockClient,
     order: ClaimOrder,
@@ -30,6 +50,7 @@ pub struct Worker<S> {
 
 /// What [`Worker::run`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkReport {
     /// Issues whose work completed while the lock was held.
     pub completed: u64,

@@ -262,12 +262,7 @@ pub async fn try_lock_client(
 /// The default lock configuration for `identity` (no pod) in `ns`, to adjust before
 /// starting a client with it.
 pub fn lock_config(ns: &str, identity: &str) -> LockConfig {
-    let me = issuelock::HolderIdentity {
-        identity: identity.to_owned(),
-        pod: None,
-        pod_namespace: None,
-    };
-    LockConfig::new(ns, me)
+    LockConfig::new(ns, issuelock::HolderIdentity::new(identity))
 }
 
 /// A kubeconfig file for the cluster under test that authenticates with `token`.
