@@ -883,7 +883,10 @@ async fn the_chart_lints_and_renders_every_value() {
     );
     let test_role = find(&docs, "Role", "issuelock-test");
     assert_eq!(test_role["metadata"]["namespace"], sys.as_str());
-    assert_eq!(test_role["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert!(
+        test_role["metadata"]["annotations"].is_null(),
+        "installed with the release; only the pod is a test hook"
+    );
     let docs = render("other", &sys, &[]).unwrap();
     find(&docs, "ClusterRole", "other-issuelock-worker");
     find(&docs, "ClusterRole", "other-issuelock-controller");
@@ -946,18 +949,18 @@ async fn the_chart_lints_and_renders_every_value() {
     assert!(err.contains("controller.watchNamespace"), "{err}");
 
     // === every new value ===
-    let docs = render("il", &sys, &values).unwrap();
+    let docs = render("rendered", &sys, &values).unwrap();
     let k = kinds(&docs);
     assert!(
         !k.contains(&"ClusterRole") && !k.contains(&"ClusterRoleBinding"),
         "one namespace watched: Roles only: {k:?}"
     );
-    let deployment = find(&docs, "Deployment", "il-issuelock");
+    let deployment = find(&docs, "Deployment", "rendered-issuelock");
     let tpl = &deployment["spec"]["template"];
     assert_eq!(tpl["metadata"]["labels"]["team"], "locks");
     assert_eq!(
         tpl["metadata"]["labels"]["app.kubernetes.io/instance"],
-        "il"
+        "rendered"
     );
     assert_eq!(tpl["metadata"]["annotations"]["note"], "chart-e2e");
     let d = &tpl["spec"];
@@ -967,7 +970,7 @@ async fn the_chart_lints_and_renders_every_value() {
     assert_eq!(hard[0]["topologyKey"], "topology.kubernetes.io/zone", "{d}");
     assert_eq!(
         hard[0]["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"],
-        "il"
+        "rendered"
     );
     let spread = &d["topologySpreadConstraints"][0];
     assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
@@ -1037,20 +1040,20 @@ async fn the_chart_lints_and_renders_every_value() {
             .contains(&format!("--namespace={work}").into())
     );
     // RBAC in the watched namespace; pod reads where a worker's pods run.
-    let role = find(&docs, "Role", "il-issuelock-controller");
+    let role = find(&docs, "Role", "rendered-issuelock-controller");
     assert_eq!(role["metadata"]["namespace"], work.as_str());
-    let binding = find(&docs, "RoleBinding", "il-issuelock-controller");
+    let binding = find(&docs, "RoleBinding", "rendered-issuelock-controller");
     assert_eq!(binding["roleRef"]["kind"], "Role");
     assert_eq!(binding["subjects"][0]["namespace"], sys.as_str());
-    let pod_reads = find(&docs, "Role", "il-issuelock-controller-pods");
+    let pod_reads = find(&docs, "Role", "rendered-issuelock-controller-pods");
     assert_eq!(pod_reads["metadata"]["namespace"], pods.as_str());
     assert_eq!(pod_reads["rules"][0]["verbs"], serde_json::json!(["get"]));
-    let worker_role = find(&docs, "Role", "il-issuelock-worker");
+    let worker_role = find(&docs, "Role", "rendered-issuelock-worker");
     assert_eq!(worker_role["metadata"]["namespace"], work.as_str());
     let remote = find(
         &docs,
         "RoleBinding",
-        &format!("il-issuelock-worker-{pods}-ci-runner"),
+        &format!("rendered-issuelock-worker-{pods}-ci-runner"),
     );
     assert_eq!(
         (
@@ -1060,13 +1063,13 @@ async fn the_chart_lints_and_renders_every_value() {
         ),
         (
             &"Role".into(),
-            &"il-issuelock-worker".into(),
+            &"rendered-issuelock-worker".into(),
             &pods.as_str().into()
         )
     );
     for policy in [
-        "il-issuelock-holder-binding",
-        "il-issuelock-heartbeat-binding",
+        "rendered-issuelock-holder-binding",
+        "rendered-issuelock-heartbeat-binding",
     ] {
         let b = find(&docs, "ValidatingAdmissionPolicyBinding", policy);
         assert_eq!(
@@ -1076,7 +1079,7 @@ async fn the_chart_lints_and_renders_every_value() {
         );
     }
     // NetworkPolicy: in, the metrics port from the configured peers; out, the API server.
-    let np = &find(&docs, "NetworkPolicy", "il-issuelock")["spec"];
+    let np = &find(&docs, "NetworkPolicy", "rendered-issuelock")["spec"];
     assert_eq!(np["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
     assert_eq!(np["ingress"].as_array().unwrap().len(), 1);
     assert_eq!(
@@ -1089,7 +1092,7 @@ async fn the_chart_lints_and_renders_every_value() {
     );
     assert_eq!(
         np["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
-        "il"
+        "rendered"
     );
     assert_eq!(
         np["egress"][0]["ports"],
@@ -1104,7 +1107,7 @@ async fn the_chart_lints_and_renders_every_value() {
         serde_json::json!([{"port": 53, "protocol": "UDP"}])
     );
     // PrometheusRule.
-    let rule = find(&docs, "PrometheusRule", "il-issuelock");
+    let rule = find(&docs, "PrometheusRule", "rendered-issuelock");
     assert_eq!(rule["metadata"]["labels"]["release"], "prom");
     let exprs = alert_exprs(rule);
     let sel = format!("{{namespace=\"{sys}\"}}");
@@ -1126,7 +1129,7 @@ async fn the_chart_lints_and_renders_every_value() {
     assert_eq!(rules[0]["for"], "2m");
     assert!(rules[1..4].iter().all(|r| r["for"] == "5m"), "{rule}");
     // The test hook: in the watched namespace, with its resources.
-    let test_pod = find(&docs, "Pod", "il-issuelock-test");
+    let test_pod = find(&docs, "Pod", "rendered-issuelock-test");
     assert_eq!(
         test_pod["spec"]["containers"][0]["args"],
         serde_json::json!(["list", "--namespace", work])
@@ -1136,7 +1139,7 @@ async fn the_chart_lints_and_renders_every_value() {
         "32Mi"
     );
     assert_eq!(
-        find(&docs, "Role", "il-issuelock-test")["metadata"]["namespace"],
+        find(&docs, "Role", "rendered-issuelock-test")["metadata"]["namespace"],
         work.as_str()
     );
     // The API server accepts every object (the PrometheusRule's CRD is not installed here;
