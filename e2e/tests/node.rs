@@ -339,6 +339,43 @@ async fn the_user_story_runs_in_pods() {
     )
     .await;
     eprintln!("controllers: {leader} leads, {standby} stands by");
+    // The default anti-affinity is a preference: on this single node both replicas run.
+    for p in &controllers {
+        let anti = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            });
+        assert!(
+            anti.is_some_and(|t| t.len() == 1),
+            "{} spreads softly",
+            pod_name(p)
+        );
+    }
+
+    // `helm test`: the chart's test pod runs `issuelock list` with the controller's image
+    // and its own ServiceAccount (CRD served, RBAC enough).
+    let started = Instant::now();
+    let tested = helm(&["test", RELEASE, "-n", &sys, "--logs", "--timeout", "180s"]);
+    eprintln!(
+        "helm test: {:.1} s\n{tested}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        tested.matches("TEST SUITE:").count(),
+        1,
+        "one test hook: {tested}"
+    );
+    assert!(
+        tested.contains("issuelock-test")
+            && tested.contains("Phase:          Succeeded")
+            && tested.contains("POD LOGS: issuelock-test\nISSUE"),
+        "{tested}"
+    );
 
     // === the example worker Deployment ===
     let done_dir = env_path("ISSUELOCK_NODE_DIR").join(format!("done-{work}"));

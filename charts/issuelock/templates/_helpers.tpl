@@ -33,3 +33,30 @@ app.kubernetes.io/component: controller
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* The pod's labels: podLabels plus the chart's (which win, the selector depends on them). */}}
+{{- define "issuelock.podLabels" -}}
+{{- toYaml (merge (dict) (include "issuelock.labels" . | fromYaml) .Values.podLabels) }}
+{{- end }}
+
+{{/* The controller's election Lease (in the release namespace): per release unless set. */}}
+{{- define "issuelock.leaseName" -}}
+{{- .Values.controller.leaderElection.leaseName | default (printf "%s-controller" (include "issuelock.fullname" .)) }}
+{{- end }}
+
+{{/* The role workers are bound to: a ClusterRole, or a Role in each worker namespace when
+the controller watches one namespace. Named after the release, so `issuelock-worker` for
+a release named issuelock. */}}
+{{- define "issuelock.workerRoleName" -}}
+{{- printf "%s-worker" (include "issuelock.fullname" .) }}
+{{- end }}
+
+{{/* Labels of the helm test pod (not the controller's selector labels). */}}
+{{- define "issuelock.testLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "issuelock.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: issuelock
+{{- end }}
