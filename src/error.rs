@@ -28,7 +28,7 @@ pub enum Error {
     /// RBAC denied a request.
     #[error(
         "permission denied while trying to {step}: {message} \
-         (bind the issuelock-worker ClusterRole to this identity in the namespace)"
+         (bind the chart's worker role, issuelock-worker for a release named issuelock, to this identity in the namespace)"
     )]
     Forbidden {
         /// What we were doing (e.g. "create the lock").

@@ -707,11 +707,8 @@ fn render(release: &str, ns: &str, values: &[String]) -> Result<Vec<serde_json::
     if !ok {
         return Err(err);
     }
-    Ok(serde_yaml::Deserializer::from_str(&out)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|d: &serde_yaml::Value| !d.is_null())
-        .map(|d| serde_json::to_value(d).unwrap())
-        .collect())
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).unwrap();
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
 fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
@@ -872,7 +869,7 @@ async fn the_chart_lints_and_renders_every_value() {
     assert_eq!(test_pod["metadata"]["annotations"]["helm.sh/hook"], "test");
     assert_eq!(
         test_pod["spec"]["containers"][0]["args"],
-        serde_json::json!(["list", "--namespace", sys])
+        serde_json::json!(["list", "--namespace", &*sys])
     );
     assert_eq!(
         test_pod["spec"]["securityContext"]["runAsNonRoot"], true,
@@ -1129,7 +1126,7 @@ async fn the_chart_lints_and_renders_every_value() {
     let test_pod = find(&docs, "Pod", "rendered-issuelock-test");
     assert_eq!(
         test_pod["spec"]["containers"][0]["args"],
-        serde_json::json!(["list", "--namespace", work])
+        serde_json::json!(["list", "--namespace", &*work])
     );
     assert_eq!(
         test_pod["spec"]["containers"][0]["resources"]["limits"]["memory"],
@@ -1156,10 +1153,6 @@ async fn the_chart_lints_and_renders_every_value() {
         "server-side dry-run: {}",
         text(&dry).1
     );
-
-    delete_namespace(&client, &sys).await;
-    delete_namespace(&client, &work).await;
-    delete_namespace(&client, &pods).await;
 }
 
 /// Every value path of values.schema.json (descending into objects it describes) and
@@ -1186,8 +1179,8 @@ fn the_chart_readme_documents_every_value() {
     }
     let mut paths = Vec::new();
     walk(&schema, "", &mut paths);
-    let values: serde_yaml::Mapping =
-        serde_yaml::from_str(&std::fs::read_to_string(format!("{CHART}/values.yaml")).unwrap())
+    let values: serde_json::Map<String, serde_json::Value> =
+        serde_saphyr::from_str(&std::fs::read_to_string(format!("{CHART}/values.yaml")).unwrap())
             .unwrap();
     let mut missing: Vec<String> = paths
         .into_iter()
@@ -1196,10 +1189,10 @@ fn the_chart_readme_documents_every_value() {
     missing.extend(
         values
             .keys()
-            .map(|k| k.as_str().unwrap().to_owned())
             .filter(|k| {
                 !readme.contains(&format!("| `{k}` |")) && !readme.contains(&format!("| `{k}."))
-            }),
+            })
+            .cloned(),
     );
     assert!(
         missing.is_empty(),
@@ -1436,7 +1429,4 @@ async fn the_chart_installs_as_a_subchart_watching_one_namespace() {
             .success(),
         "uninstall removes the worker Role"
     );
-    delete_namespace(&client, &sys).await;
-    delete_namespace(&client, &work).await;
-    delete_namespace(&client, &pods).await;
 }

@@ -182,7 +182,6 @@ async fn the_plugin_lists_as_kubectl_get_does() {
     }
     let _ = watch.kill();
     let _ = watch.wait();
-
 }
 
 #[tokio::test]
