@@ -1388,7 +1388,7 @@ async fn the_chart_installs_as_a_subchart_watching_one_namespace() {
             &metrics,
             "issuelock_reconcile_errors_total{category=\"forbidden\"}"
         ),
-        None,
+        Some(0.0),
         "{metrics}"
     );
     // Every metric the alerts use is one the controller exports.

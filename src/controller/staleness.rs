@@ -263,6 +263,29 @@ mod tests {
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
+    /// `Reason::ALL` lists every reason once, in declaration order: a new variant does
+    /// not compile here until it is given the next index, and then fails until it is in
+    /// `ALL` (its metric is exported from the start only from there).
+    #[test]
+    fn all_lists_every_reason_once() {
+        fn index(reason: Reason) -> usize {
+            match reason {
+                Reason::PodDeleted => 0,
+                Reason::PodReplaced => 1,
+                Reason::PodTerminated => 2,
+                Reason::LeaseMissing => 3,
+                Reason::LeaseForeign => 4,
+                Reason::LeaseExpired => 5,
+                Reason::MaxHoldExceeded => 6,
+                Reason::SignatureInvalid => 7,
+                Reason::SignatureKeyUnknown => 8,
+            }
+        }
+        for (i, reason) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(index(reason), i, "{reason:?}");
+        }
+    }
+
     fn live() -> Facts {
         Facts {
             signature: SignatureFacts::Accepted,
