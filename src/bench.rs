@@ -101,9 +101,8 @@ pub async fn run(
             match delete_exact(&api, &name, &uid, None).await {
                 Ok(Deleted::Deleted) => {}
                 Ok(Deleted::GoneOrChanged) => {
-                    return Err(Error::Config(format!(
-                        "bench lock {name} vanished or changed"
-                    )));
+                    // Someone else deleted or replaced the floor's own object.
+                    return Err(Error::LockLost { issue: name });
                 }
                 Err(e) => return Err(classify("delete lock", "", e)),
             }

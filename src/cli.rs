@@ -75,9 +75,16 @@ pub struct KubeArgs {
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
     /// How long to wait for each request to the API server before giving up (e.g. 30s,
-    /// 2m, 500ms; a bare number is seconds; 0: no limit).
+    /// 2m, 500ms; a bare number is seconds; 0: no limit). One-shot commands (list
+    /// without --watch, show, release, bench) apply it to every read and write; the
+    /// long-running ones (run, work, claim, controller, list --watch) only to connecting,
+    /// since their watches are idle by design: their calls keep --call-timeout-seconds.
     #[arg(long, global = true, value_name = "DURATION", value_parser = duration::parse)]
     pub request_timeout: Option<Duration>,
+    /// Set by `run` from the subcommand: whether the request timeout covers reads and
+    /// writes too (see `request_timeout`).
+    #[arg(skip)]
+    pub one_shot: bool,
 }
 
 /// The [`KubeArgs`] of this process, read by [`kube_client`].
@@ -237,7 +244,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         command,
     } = cli;
     init_logging(log_format);
-    let _ = KUBE_ARGS.set(kube);
+    let one_shot = match &command {
+        Command::List(args) => !args.watch,
+        Command::Show(_) | Command::Release(_) | Command::Bench(_) => true,
+        _ => false,
+    };
+    let _ = KUBE_ARGS.set(KubeArgs { one_shot, ..kube });
     let result = match command {
         Command::Crd => crd::crd(),
         Command::Run(args) => run::run_locked(args).await,
@@ -280,6 +292,7 @@ async fn kube_client() -> Result<kube::Client, Error> {
         kubeconfig,
         context,
         request_timeout,
+        one_shot,
     } = KUBE_ARGS.get().cloned().unwrap_or_default();
     let options = kube::config::KubeConfigOptions {
         context,
@@ -304,9 +317,11 @@ async fn kube_client() -> Result<kube::Client, Error> {
     };
     if let Some(timeout) = request_timeout.filter(|t| !t.is_zero()) {
         config.connect_timeout = Some(timeout);
-        config.read_timeout = Some(timeout);
-        config.write_timeout = Some(timeout);
-        config.reset_reader_on_write = true;
+        if one_shot {
+            config.read_timeout = Some(timeout);
+            config.write_timeout = Some(timeout);
+            config.reset_reader_on_write = true;
+        }
     }
     kube::Client::try_from(config)
         .map_err(|e| Error::Config(format!("cannot build a Kubernetes client: {e}")))

@@ -64,6 +64,7 @@ pub mod holder;
 pub mod key;
 pub mod lock;
 pub mod signature;
+mod watch_backoff;
 
 // The `issuelock` binary's own parts (feature `cli`): not part of the library's API.
 #[cfg(feature = "cli")]

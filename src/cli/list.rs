@@ -182,10 +182,7 @@ async fn watch_locks(
                     continue;
                 }
                 WatchEvent::Error(status) => {
-                    return Err(Error::Config(format!(
-                        "the watch of the locks ended: {}",
-                        status.message
-                    )));
+                    return Err(classify("watch locks", ns, kube::Error::Api(status)));
                 }
             };
             version = lock.resource_version().unwrap_or(version);

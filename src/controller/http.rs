@@ -100,18 +100,6 @@ impl Server {
     }
 }
 
-/// Binds `addr` and serves until the process ends. Returns the bound address.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-) -> std::io::Result<SocketAddr> {
-    let server = Server::bind(addr, metrics, ready).await?;
-    let bound = server.local_addr();
-    tokio::spawn(server.run(std::future::pending()));
-    Ok(bound)
-}
-
 /// Errors of one connection (the peer went away before it was accepted).
 fn is_connection_error(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;

@@ -180,7 +180,9 @@ where
     K::DynamicType: Clone + Default + Eq + std::hash::Hash,
 {
     watcher(api, config)
-        .default_backoff()
+        .backoff(crate::watch_backoff::CappedBackoff::new(
+            crate::watch_backoff::CONTROLLER_CAP,
+        ))
         .modify(trim)
         .reflect(cache)
         .inspect(synced.tracker())

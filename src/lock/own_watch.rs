@@ -16,7 +16,9 @@ pub(super) async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken)
         None => return,
     };
     let mut events = watcher(api, watcher::Config::default().labels(&selector))
-        .default_backoff()
+        .backoff(crate::watch_backoff::CappedBackoff::new(
+            crate::watch_backoff::CLIENT_CAP,
+        ))
         .boxed();
     let mut listed: HashSet<(String, String)> = HashSet::new();
     loop {

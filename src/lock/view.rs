@@ -126,7 +126,9 @@ impl LockView {
 
 async fn watch_namespace(view: Weak<LockView>, api: Api<IssueLock>, stop: CancellationToken) {
     let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::watch_backoff::CappedBackoff::new(
+            crate::watch_backoff::CLIENT_CAP,
+        ))
         .boxed();
     loop {
         let event = tokio::select! {

@@ -94,7 +94,11 @@ impl LockWatch {
         let name = key.lock_name();
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         Self {
-            events: watcher(api.clone(), config).default_backoff().boxed(),
+            events: watcher(api.clone(), config)
+                .backoff(crate::watch_backoff::CappedBackoff::new(
+                    crate::watch_backoff::CLIENT_CAP,
+                ))
+                .boxed(),
             name,
             listed: false,
         }
