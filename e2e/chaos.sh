@@ -31,12 +31,19 @@ cargo build --quiet
 bin="$CARGO_TARGET_DIR/debug/issuelock"
 
 dir="$(mktemp -d "${TMPDIR:-/tmp}/issuelock-chaos.XXXXXX")"
-trap 'bash e2e/controlplane.sh down "$dir/cp" >/dev/null 2>&1 || true; [[ -n "${CHAOS_KEEP:-}" ]] || rm -rf "$dir"' EXIT
+keep="${CHAOS_KEEP:-}"
+trap 'bash e2e/controlplane.sh down "$dir/cp" >/dev/null 2>&1 || true; [[ -n "$keep" ]] || rm -rf "$dir"' EXIT
+# A copy: a rebuild during the soak must not change the binary restarted workers run.
+cp "$bin" "$dir/issuelock"
+bin="$dir/issuelock"
 bash e2e/controlplane.sh up "$dir/cp"
 # shellcheck disable=SC1091
 source "$dir/cp/env"
 "$bin" crd | kubectl apply -f - >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd/issuelocks.issuelock.dev >/dev/null
-log "work directory $dir (kept with CHAOS_KEEP=1: logs, oracle history)"
+log "work directory $dir (kept after a failure or with CHAOS_KEEP=1: logs, oracle history)"
+rc=0
 python3 -u e2e/chaos.py --controlplane "$dir/cp" --bin "$bin" --kubectl "$(command -v kubectl)" \
-  --workdir "$dir/runs" "$@"
+  --workdir "$dir/runs" "$@" || rc=$?
+(( rc == 0 )) || keep=1  # chaos.py named the directory kept for the post-mortem
+exit "$rc"
