@@ -45,6 +45,8 @@ FAKETIME_LIBS = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
                  "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
                  "/usr/lib/faketime/libfaketime.so.1"]
 
+# Faults that can delay a reclaim (see check()).
+CONTROL_PLANE_FAULTS = ("restart_apiserver", "restart_etcd", "api_outage", "kill_leader")
 # Least time between the end of a fault and the next one.
 MIN_GAP = 3
 # Leftovers are counted this long after the workers stopped at the latest.
@@ -582,7 +584,8 @@ class Soak:
         with open(os.path.join(self.dir, "history.json"), "w") as f:
             json.dump({"seed": self.seed, "events": self.events, "fed": self.fed,
                        "history": self.oracle.history, "restarts": self.restarts,
-                       "deaths": self.deaths, "locks_left": locks, "leases_left": leases}, f)
+                       "deaths": self.deaths, "windows": self.windows, "locks_left": locks,
+                       "leases_left": leases}, f)
         return check(self.oracle.history, self.fed, locks + leases, self.deaths, self.restarts,
                      self.seed, self.windows)
 
@@ -647,13 +650,15 @@ def check(history, fed, leftovers, deaths, restarts, seed, windows):
             pass  # the killed holder's write had landed: nothing to recover
         else:
             recovery.append(float("inf"))
-    # A kill is isolated when no other fault was under way from LEASE + 3 s before it to
-    # LEASE + 3 s after it: the recovery bound applies to those; the others (a kill right
-    # after an API server restart, say) must recover too, and are reported apart.
+    # A kill is isolated when no fault of the control plane (API server, etcd, leading
+    # controller) was under way from LEASE + 3 s before it to LEASE + 3 s after it: the
+    # recovery bound applies to those. The others (a kill right after an API server
+    # restart, say) must recover too, and are reported apart. Faults of other workers
+    # (kills, pauses, partitions, clock jumps) leave the controller's judgement alone.
     isolated = []
     for (t, issue), r in zip(deaths, recovery):
         alone = not any(b - (LEASE + 3) < t < e + (LEASE + 3) for b, e, k in windows
-                        if not (k == "kill_holder" and b <= t <= e))
+                        if k in CONTROL_PLANE_FAULTS)
         isolated.append(alone)
         if r > LEASE + 3:
             print(f"  SLOW RECOVERY {issue}: holder SIGKILLed at {t:.2f}, next acquire {r:.2f}s "
@@ -699,8 +704,26 @@ def main():
         print(json.dumps({"seed": a.first_seed, "clock_worker": cw, "events": ev}, indent=1))
         return 0
     results = []
+    current = []
+
+    def interrupted(sig, _frame):
+        # Workers and controllers run in sessions of their own: end them before leaving.
+        for soak in current:
+            soak.stopping = True
+            for p in list(soak.procs.values()):
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        print(f"chaos: interrupted by signal {sig}", flush=True)
+        os._exit(128 + sig)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     for seed in range(a.first_seed, a.first_seed + a.seeds):
-        r = Soak(a, seed, a.controlplane, a.bin, a.kubectl).run()
+        soak = Soak(a, seed, a.controlplane, a.bin, a.kubectl)
+        current[:] = [soak]
+        r = soak.run()
         results.append(r)
         allr = r["recovery"] + r["recovery_compound"]
         rec = [x for x in allr if x != float("inf")]
