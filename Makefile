@@ -17,7 +17,7 @@ demo-processes: ## The same story with host processes on a throwaway control pla
 	bash e2e/demo-processes.sh
 
 .PHONY: test
-test: fmt-check clippy test-unit test-crate test-python test-e2e test-node ## Everything CI runs: fmt, clippy, unit, Python, end-to-end and node tests.
+test: fmt-check clippy test-unit test-crate test-python test-e2e test-chaos test-node ## Everything CI runs: fmt, clippy, unit and doc tests, the library alone, Python, end-to-end, chaos smoke and node tests.
 
 .PHONY: fmt-check
 fmt-check: ## Check formatting.
@@ -51,6 +51,21 @@ test-python: ## The Python reference worker's tests (lock-name vectors); creates
 .PHONY: test-e2e
 test-e2e: ## End-to-end tests on a local control plane (or $$ISSUELOCK_E2E_KUBECONFIG's cluster).
 	bash e2e/run.sh
+
+.PHONY: test-chaos
+test-chaos: ## 2-minute chaos smoke: one seed, every fault, fencing on; fails on any violation.
+	bash e2e/chaos.sh --seeds 1 --minutes 2
+
+SEEDS ?= 30
+MINUTES ?= 5
+FIRST_SEED ?= 1
+.PHONY: chaos
+chaos: ## Seeded chaos soak (SEEDS=30 MINUTES=5 FIRST_SEED=1); exits 0 only when the checker finds no violation.
+	bash e2e/chaos.sh --seeds $(SEEDS) --minutes $(MINUTES) --first-seed $(FIRST_SEED)
+
+.PHONY: chaos-sensitivity
+chaos-sensitivity: ## Fencing off, whole-tree pauses past the lease: exits 0 only when the checker DOES report violations.
+	bash e2e/chaos.sh --seeds 1 --minutes $(or $(SENSITIVITY_MINUTES),2) --profile sensitivity --no-fencing --expect-violations
 
 .PHONY: test-node
 test-node: ## The user's story in real pods on a single-node cluster in its own network namespace (root).

@@ -5,6 +5,9 @@
 #
 #   e2e/controlplane.sh up DIR     start it; writes DIR/kubeconfig and DIR/env
 #   e2e/controlplane.sh down DIR   stop it and delete DIR
+#   e2e/controlplane.sh stop DIR etcd|apiserver    stop one component (SIGKILL, as a crash)
+#   e2e/controlplane.sh start DIR etcd|apiserver   start it again as `up` did, same port
+#                                                  and data; waits until it serves
 #
 # DIR/env exports KUBECONFIG and puts the matching kubectl and helm on PATH.
 # Everything listens on 127.0.0.1 only; the service range 10.0.0.0/24 is fake.
@@ -78,6 +81,52 @@ wait_ready() {
   die "$what did not become ready; see $dir/*.log"
 }
 
+# Starts a component in the background, logging to DIR/NAME.log, its pid in DIR/NAME.pid;
+# its command line is kept in DIR/NAME.cmd for `start`.
+launch() {
+  local dir="$1" name="$2"
+  shift 2
+  printf '%q ' "$@" > "$dir/$name.cmd"
+  "$@" >>"$dir/$name.log" 2>&1 &
+  echo $! > "$dir/$name.pid"
+}
+
+component() {
+  case "$1" in
+    etcd) echo etcd ;;
+    apiserver|kube-apiserver) echo kube-apiserver ;;
+    *) die "unknown component $1 (etcd or apiserver)" ;;
+  esac
+}
+
+stop_one() {
+  local dir="$1" c pid
+  c="$(component "$2")"
+  pid="$(cat "$dir/$c.pid")"
+  kill -9 "$pid" 2>/dev/null || true
+  for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  log "stopped $c"
+}
+
+start_one() {
+  local dir="$1" c cmd port
+  dir="$(cd "$dir" && pwd)"
+  c="$(component "$2")"
+  cmd="$(cat "$dir/$c.cmd")"
+  eval "launch \"\$dir\" \"\$c\" $cmd"
+  if [[ "$c" == etcd ]]; then
+    port="$(cat "$dir/etcd.port")"
+    for _ in $(seq 240); do
+      curl -fsS --max-time 2 "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+      sleep 0.25
+    done
+  else
+    port="$(sed -n 's#.*server: https://127.0.0.1:\([0-9]*\).*#\1#p' "$dir/kubeconfig")"
+    wait_ready kube-apiserver "https://127.0.0.1:$port/readyz" "$dir"
+  fi
+  log "started $c"
+}
+
 up() {
   local dir="$1"
   local bin
@@ -88,12 +137,11 @@ up() {
   local etcd_port peer_port api_port
   etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
   log "etcd on 127.0.0.1:$etcd_port"
-  "$bin/etcd" --name=issuelock --data-dir="$dir/etcd" --unsafe-no-fsync \
+  printf '%s\n' "$etcd_port" > "$dir/etcd.port"
+  launch "$dir" etcd "$bin/etcd" --name=issuelock --data-dir="$dir/etcd" --unsafe-no-fsync \
     --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
     --listen-peer-urls="http://127.0.0.1:$peer_port" --initial-advertise-peer-urls="http://127.0.0.1:$peer_port" \
-    --initial-cluster="issuelock=http://127.0.0.1:$peer_port" --log-level=warn \
-    >"$dir/etcd.log" 2>&1 &
-  echo $! > "$dir/etcd.pid"
+    --initial-cluster="issuelock=http://127.0.0.1:$peer_port" --log-level=warn
   local node_flags=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none
     --disable-admission-plugins=ServiceAccount)
   local controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token
@@ -104,7 +152,7 @@ up() {
     controllers='*'
   fi
   log "kube-apiserver on https://127.0.0.1:$api_port"
-  "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
+  launch "$dir" kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
     --secure-port="$api_port" "${node_flags[@]}" \
     --tls-cert-file="$dir/pki/server.crt" --tls-private-key-file="$dir/pki/server.key" \
     --client-ca-file="$dir/pki/ca.crt" \
@@ -112,9 +160,7 @@ up() {
     --service-account-key-file="$dir/pki/sa.pub" --service-account-signing-key-file="$dir/pki/sa.key" \
     --service-cluster-ip-range=10.0.0.0/24 \
     --authorization-mode=RBAC \
-    --allow-privileged=false --profiling=false --v=0 \
-    >"$dir/kube-apiserver.log" 2>&1 &
-  echo $! > "$dir/kube-apiserver.pid"
+    --allow-privileged=false --profiling=false --v=0
   write_kubeconfig "$dir" "$api_port"
   wait_ready kube-apiserver "https://127.0.0.1:$api_port/readyz" "$dir"
   log "kube-controller-manager (controllers: $controllers)"
@@ -149,5 +195,7 @@ down() {
 case "${1:-}" in
   up) [[ -n "${2:-}" ]] || die "usage: $0 up DIR"; up "$2" ;;
   down) [[ -n "${2:-}" ]] || die "usage: $0 down DIR"; down "$2" ;;
-  *) die "usage: $0 up|down DIR" ;;
+  stop) [[ -n "${3:-}" ]] || die "usage: $0 stop DIR etcd|apiserver"; stop_one "$2" "$3" ;;
+  start) [[ -n "${3:-}" ]] || die "usage: $0 start DIR etcd|apiserver"; start_one "$2" "$3" ;;
+  *) die "usage: $0 up|down DIR, or stop|start DIR etcd|apiserver" ;;
 esac

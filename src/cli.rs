@@ -144,10 +144,11 @@ pub enum Command {
     /// and those done (--done-dir / --done-cmd, checked again once the lock is taken). The
     /// command runs exactly as under `run` (environment, process tree, signals). One Lease
     /// and one identity lookup serve the whole run. A lost lock stops that issue's command
-    /// (`run`'s rules) and `work` goes on with the next; a lost heartbeat ends `work` (76).
+    /// (`run`'s rules) and `work` goes on with the next; after a lost heartbeat it resumes
+    /// with a new one once the API server answers.
     ///
     /// Exit status: 0 when no candidate is left and every command run exited 0; 3 when
-    /// some command failed or lost its lock; 76 when the heartbeat was lost; 128 + n on
+    /// some command failed or lost its lock; 128 + n on
     /// signal n (the running command gets it first, as under `run`); 2 for invalid input
     /// (empty list, duplicate or invalid key, missing --done-dir, bad flags); 1 for any
     /// other failure.
@@ -181,7 +182,7 @@ pub enum Command {
 }
 
 /// Where and as whom to take locks.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct HolderArgs {
     /// Namespace of the locks (default: $POD_NAMESPACE, then the kubeconfig's namespace).
     #[arg(long, short = 'n', env = "ISSUELOCK_NAMESPACE")]

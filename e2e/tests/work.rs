@@ -453,6 +453,61 @@ async fn work_goes_on_after_a_lost_lock_and_stops_cleanly_on_sigterm() {
     .await;
 }
 
+/// The names of the heartbeat Leases in `ns`.
+fn heartbeat_leases(ns: &str) -> Vec<String> {
+    kubectl_ok(&[
+        "get",
+        "leases",
+        "-n",
+        ns,
+        "-l",
+        "issuelock.dev/heartbeat",
+        "-o",
+        "name",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+#[tokio::test]
+async fn work_resumes_with_a_new_heartbeat_after_losing_its_heartbeat() {
+    let client = client().await;
+    let ns = namespace(&client, "work-resume").await;
+    let dir = Scratch::new("work-resume");
+    let list = dir.0.join("issues.txt");
+    std::fs::write(&list, "org/repo#a\norg/repo#b\n").unwrap();
+    let mut cmd = issuelock();
+    cmd.args([
+        "work",
+        "-n",
+        &ns,
+        "--identity",
+        "w",
+        "--order",
+        "listed",
+        "--issues",
+    ])
+    .arg(&list)
+    .args(FAST_HEARTBEAT)
+    .args(["--", "sleep", "300"]);
+    let worker = WorkerProcess::spawn_command(cmd);
+    wait_taken(&client, &ns, "org/repo#a").await;
+    let first = heartbeat_leases(&ns);
+    assert_eq!(first.len(), 1, "{first:?}");
+    // The heartbeat is lost (as after an API server outage longer than the renew
+    // deadline): its locks are lost, and `work` goes on with a new Lease.
+    kubectl_ok(&["delete", &first[0], "-n", &ns]);
+    wait_taken(&client, &ns, "org/repo#b").await;
+    let second = heartbeat_leases(&ns);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(first, second, "a new heartbeat Lease");
+    worker.signal("TERM");
+    let (code, stderr) = finish(worker).await;
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(stderr.contains("heartbeat back; resuming"), "{stderr}");
+}
+
 #[tokio::test]
 async fn claim_takes_one_free_issue_and_says_when_all_are_held_or_done() {
     let client = client().await;

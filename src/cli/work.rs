@@ -2,9 +2,9 @@
 //! order, and run a command on each under its lock, with `run`'s environment and
 //! process-tree rules ([`super::run::run_held`]).
 //!
-//! One lock client serves a whole `work`: one identity lookup, one heartbeat Lease, one
-//! watch of the namespace's locks (and the client's watch of its own locks), however
-//! many issues it processes.
+//! One lock client serves a whole `work` (a new one after a lost heartbeat): one identity
+//! lookup, one heartbeat Lease, one watch of the namespace's locks (and the client's watch
+//! of its own locks), however many issues it processes.
 
 use super::run::{ForwardedSignals, Held, run_held, signal_exit};
 use super::{EXIT_HELD, EXIT_LOST, HoldArgs, lock_client};
@@ -184,7 +184,7 @@ pub(super) async fn work(args: WorkArgs) -> Result<ExitCode, Error> {
         futures::stream::iter(keys).boxed()
     };
     let mut signals = ForwardedSignals::install()?;
-    let locks = lock_client(args.hold.holder, prepared.max_hold).await?;
+    let mut locks = lock_client(args.hold.holder.clone(), prepared.max_hold).await?;
     let mut worker = Worker::new(locks.clone(), input).order(args.order.into());
     let mut tally = Tally::default();
     let done = &prepared.done;
@@ -196,12 +196,26 @@ pub(super) async fn work(args: WorkArgs) -> Result<ExitCode, Error> {
         let next = tokio::select! {
             biased;
             sig = signals.recv() => break Ok(Some(signal_code(sig))),
-            _ = locks.heartbeat_lost() => break Err(Error::HeartbeatUnhealthy),
+            _ = locks.heartbeat_lost() => Err(Error::HeartbeatUnhealthy),
             next = worker.next(&mut is_done) => next,
         };
         let guard = match next {
             Ok(Some(guard)) => guard,
             Ok(None) => break Ok(None),
+            // A lost heartbeat (an API server outage, a partition): every lock of this
+            // client is lost and its command stopped. Resume on a new client (a new
+            // Lease) once the API server answers again.
+            Err(Error::HeartbeatUnhealthy) if locks.is_heartbeat_lost() => {
+                match resume(&args, prepared.max_hold, &mut signals).await {
+                    Ok(fresh) => {
+                        let old = std::mem::replace(&mut locks, fresh);
+                        worker.set_client(locks.clone());
+                        tokio::spawn(async move { old.shutdown().await });
+                        continue;
+                    }
+                    Err(ended) => break ended,
+                }
+            }
             Err(e) => break Err(e),
         };
         let key = guard.issue().clone();
@@ -240,6 +254,43 @@ pub(super) async fn work(args: WorkArgs) -> Result<ExitCode, Error> {
         Some(code) => Ok(ExitCode::from(code)),
         None if tally.failed + tally.lost > 0 => Ok(ExitCode::from(EXIT_NOT_ALL_SUCCEEDED)),
         None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// A new lock client for `work` after its heartbeat was lost, retried (0.5 s doubling to
+/// 10 s) while the API server is unreachable or overloaded. `Err` ends `work`: a signal
+/// (with its exit code) or an error that waiting does not cure.
+async fn resume(
+    args: &WorkArgs,
+    max_hold: Option<Duration>,
+    signals: &mut ForwardedSignals,
+) -> Result<LockClient, Result<Option<u8>, Error>> {
+    let mut backoff = Duration::from_millis(500);
+    eprintln!(
+        "issuelock: heartbeat lost; resuming with a new heartbeat once the API server answers"
+    );
+    loop {
+        let attempt = tokio::select! {
+            biased;
+            sig = signals.recv() => return Err(Ok(Some(signal_code(sig)))),
+            attempt = lock_client(args.hold.holder.clone(), max_hold) => attempt,
+        };
+        match attempt {
+            Ok(locks) => {
+                eprintln!("issuelock: heartbeat back; resuming");
+                return Ok(locks);
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e.chain(), retry_in = ?backoff, "starting a new heartbeat failed; retrying");
+                tokio::select! {
+                    biased;
+                    sig = signals.recv() => return Err(Ok(Some(signal_code(sig)))),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(Err(e)),
+        }
     }
 }
 

@@ -378,6 +378,11 @@ impl LockClient {
         self.inner.heartbeat.pulse().is_healthy()
     }
 
+    /// True once this client's heartbeat is lost for good (it then takes no new locks).
+    pub fn is_heartbeat_lost(&self) -> bool {
+        self.inner.heartbeat.pulse().lost.is_cancelled()
+    }
+
     /// Completes when this client's heartbeat is lost; all its locks are then lost too.
     pub async fn heartbeat_lost(&self) {
         self.inner.heartbeat.lost().await

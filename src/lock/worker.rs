@@ -76,6 +76,12 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
         self
     }
 
+    /// Takes locks with `locks` from now on (after the previous client's heartbeat was
+    /// lost); candidates and issues already taken are kept.
+    pub fn set_client(&mut self, locks: LockClient) {
+        self.locks = locks;
+    }
+
     /// Candidates not yet taken by this worker nor known done.
     pub fn pending(&self) -> &[IssueKey] {
         &self.pending

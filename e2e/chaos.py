@@ -1,0 +1,764 @@
+#!/usr/bin/env python3
+"""Seeded chaos soak of issuelock with a mutual-exclusion checker (run by e2e/chaos.sh).
+
+For each seed: W real `issuelock work` processes (each through a TCP proxy of its own to
+the API server, one of them under a wall-clock offset) work over issues fed to them while
+two controller replicas elect a leader, and a nemesis whose schedule is derived from the
+seed alone kills, pauses, partitions and restarts things. Under its lock each worker's
+command reads from, sleeps, then writes to the oracle (an HTTP service in this process)
+which records every read and write with the fencing token and rejects a write whose token
+is lower than the highest it has seen for that issue (unless fencing is off). The checker
+then counts, from the oracle's history alone:
+
+  overlaps               pairs of commands on one issue whose read..write intervals overlap
+  stale_writes_accepted  writes accepted although a higher token had been seen for the issue
+  not_exactly_once       issues fed whose accepted writes are not exactly one
+  leaked                 IssueLocks and holder Leases left after quiescence
+  recovery               SIGKILL of a holder -> next read of its issue (p50/p99)
+
+Only the standard library is used.
+"""
+
+import argparse
+import http.server
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LEASE = 6
+RENEW_DEADLINE = 4
+HEARTBEAT = ["--lease-duration-seconds", str(LEASE), "--renew-deadline-seconds",
+             str(RENEW_DEADLINE), "--renew-interval-seconds", "1"]
+LEADER = ["--leader-lease-duration-seconds", str(LEASE), "--leader-renew-deadline-seconds",
+          str(RENEW_DEADLINE), "--leader-retry-period-seconds", "1"]
+FAKETIME_LIBS = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+                 "/usr/lib/faketime/libfaketime.so.1"]
+
+# Faults that can delay a reclaim (see check()).
+CONTROL_PLANE_FAULTS = ("restart_apiserver", "restart_etcd", "api_outage", "kill_leader")
+# Least time between the end of a fault and the next one.
+MIN_GAP = 3
+# Leftovers are counted this long after the workers stopped at the latest.
+QUIESCENCE = 60
+
+T0 = time.monotonic()
+
+
+def now():
+    return time.monotonic() - T0
+
+
+def log(msg):
+    print(f"[chaos {now():8.2f}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- oracle
+
+class Oracle:
+    """The shared sink: records intervals, fences writes by token."""
+
+    def __init__(self, fencing):
+        self.fencing = fencing
+        self.mu = threading.Lock()
+        self.history = []  # dicts: op, t, issue, token, worker, pid, accepted, stale
+        self.max_token = {}
+        self.writes = {}
+        self.open = {}  # pid -> read event not yet followed by a write
+
+    def read(self, issue, token, worker, pid):
+        with self.mu:
+            ev = dict(op="read", t=now(), issue=issue, token=token, worker=worker, pid=pid)
+            self.history.append(ev)
+            self.max_token[issue] = max(self.max_token.get(issue, 0), token)
+            self.open[pid] = ev
+            return {"writes": self.writes.get(issue, 0)}
+
+    def write(self, issue, token, worker, pid):
+        with self.mu:
+            stale = token < self.max_token.get(issue, 0)
+            accepted = not (self.fencing and stale)
+            ev = dict(op="write", t=now(), issue=issue, token=token, worker=worker, pid=pid,
+                      accepted=accepted, stale=stale)
+            self.history.append(ev)
+            self.open.pop(pid, None)
+            if accepted:
+                self.max_token[issue] = max(self.max_token.get(issue, 0), token)
+                self.writes[issue] = self.writes.get(issue, 0) + 1
+            return accepted
+
+    def done(self, issue):
+        with self.mu:
+            return self.writes.get(issue, 0) > 0
+
+    def holding(self):
+        """(worker, pid, issue) of commands between read and write, oldest first."""
+        with self.mu:
+            return [(e["worker"], e["pid"], e["issue"]) for e in self.open.values()]
+
+    def completed(self, issues):
+        with self.mu:
+            return sum(1 for i in issues if self.writes.get(i, 0) > 0)
+
+
+def serve_oracle(oracle):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            u = urllib.parse.urlparse(self.path)
+            q = {k: v[0] for k, v in urllib.parse.parse_qs(u.query).items()}
+            issue = q.get("issue", "")
+            code, body = 200, b"ok\n"
+            try:
+                if u.path == "/read":
+                    r = oracle.read(issue, int(q["token"]), q.get("worker", "?"), int(q.get("pid", 0)))
+                    body = json.dumps(r).encode()
+                elif u.path == "/write":
+                    if not oracle.write(issue, int(q["token"]), q.get("worker", "?"), int(q.get("pid", 0))):
+                        code, body = 409, b"stale token\n"
+                elif u.path == "/done":
+                    code = 200 if oracle.done(issue) else 404
+                else:
+                    code = 404
+            except (KeyError, ValueError) as e:
+                code, body = 400, f"{e}\n".encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+
+    srv = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+# ---------------------------------------------------------------- proxy (partitions)
+
+class Proxy:
+    """A TCP proxy from 127.0.0.1:port to the API server; cut() partitions it."""
+
+    def __init__(self, upstream_port):
+        self.upstream = upstream_port
+        self.cut_until = 0.0
+        self.mu = threading.Lock()
+        self.conns = set()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def is_cut(self):
+        return time.monotonic() < self.cut_until
+
+    def cut(self, seconds):
+        self.cut_until = time.monotonic() + seconds
+        with self.mu:
+            for c in list(self.conns):
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                c.close()
+            self.conns.clear()
+
+    def _accept(self):
+        while True:
+            c, _ = self.sock.accept()
+            if self.is_cut():
+                c.close()
+                continue
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            u = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
+            u.settimeout(None)
+        except OSError:
+            c.close()
+            return
+        with self.mu:
+            self.conns.update((c, u))
+        threading.Thread(target=self._pump, args=(c, u), daemon=True).start()
+        self._pump(u, c)
+
+    def _pump(self, a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data or self.is_cut():
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        with self.mu:
+            self.conns.discard(a)
+            self.conns.discard(b)
+
+
+# ---------------------------------------------------------------- nemesis schedule
+
+KINDS = ["kill_holder", "pause_holder", "restart_apiserver", "restart_etcd", "kill_leader",
+         "api_outage", "partition", "clock_jump"]
+WEIGHTS = {"kill_holder": 4, "pause_holder": 4, "restart_apiserver": 1, "restart_etcd": 1,
+           "kill_leader": 1.5, "api_outage": 0.5, "partition": 1.5, "clock_jump": 1.5}
+
+
+def schedule(seed, minutes, workers, profile):
+    """The nemesis schedule: a pure function of (seed, minutes, workers, profile)."""
+    rng = random.Random(f"issuelock-chaos/{seed}/{profile}")
+    if profile == "sensitivity":
+        weights = {"kill_holder": 1, "pause_holder": 4}
+    elif profile == "kills":
+        weights = {"kill_holder": 4, "restart_apiserver": 1, "restart_etcd": 1, "kill_leader": 1}
+    else:
+        weights = WEIGHTS
+    kinds = list(weights)
+    clock_worker = rng.randrange(workers)
+    events = []
+    budget = minutes * 60.0
+    t = rng.uniform(5, 10)
+    # Every kind once early on (in a seeded order) when the run is long enough for it, then
+    # random draws by weight.
+    first = kinds[:]
+    rng.shuffle(first)
+    while True:
+        kind = first.pop() if first else rng.choices(kinds, [weights[k] for k in kinds])[0]
+        ev = {"at": round(t, 2), "kind": kind}
+        if kind == "pause_holder":
+            lo, hi = (1.5, 3.0) if profile == "sensitivity" else (0.5, 3.0)
+            ev["seconds"] = round(rng.uniform(lo, hi) * LEASE, 2)
+            ev["pick"] = round(rng.random(), 4)
+        elif kind == "kill_holder":
+            ev["pick"] = round(rng.random(), 4)
+        elif kind == "api_outage":
+            ev["seconds"] = 60
+        elif kind == "partition":
+            ev["worker"] = rng.randrange(workers)
+            ev["seconds"] = round(rng.uniform(2, 20), 2)
+        elif kind == "clock_jump":
+            ev["worker"] = clock_worker
+            ev["offset"] = rng.choice([-1, 1]) * rng.randint(30, 3600)
+        dur = ev.get("seconds", 2 if kind.startswith("restart") else 0)
+        if t + dur > budget:
+            if first:
+                continue
+            break
+        events.append(ev)
+        t += dur + rng.uniform(3, 12)
+    return events, clock_worker
+
+
+# ---------------------------------------------------------------- the soak
+
+class Soak:
+    def __init__(self, args, seed, cp, binary, kubectl):
+        self.args = args
+        self.seed = seed
+        self.cp = cp
+        self.bin = binary
+        self.kubectl = kubectl
+        self.ns = f"chaos-{seed}-{args.profile}"
+        self.dir = os.path.join(args.workdir, self.ns)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(os.path.join(self.dir, "logs"))
+        self.oracle = Oracle(fencing=not args.no_fencing)
+        self.srv = serve_oracle(self.oracle)
+        self.stopping = False
+        self.procs = {}  # name -> Popen
+        self.restarts = []  # (t, name, rc)
+        self.deaths = []  # (t, issue) holders SIGKILLed
+        self.windows = []  # (began, ended, kind) of each fault injected
+        self.fed = []
+        self.mu = threading.Lock()
+        with open(os.path.join(cp, "kubeconfig")) as f:
+            self.kubeconfig = f.read()
+        self.api_port = int(self.kubeconfig.split("server: https://127.0.0.1:")[1].split()[0])
+        self.events, self.clock_worker = schedule(seed, args.minutes, args.workers, args.profile)
+        self.faketime = next((p for p in FAKETIME_LIBS if os.path.exists(p)), None)
+
+    def kc(self, *a, check=True, timeout=30):
+        r = subprocess.run([self.kubectl, *a], capture_output=True, text=True, timeout=timeout,
+                           env={**os.environ, "KUBECONFIG": os.path.join(self.cp, "kubeconfig")})
+        if check and r.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(a)}: {r.stderr.strip()}")
+        return r.stdout
+
+    # ----- processes
+
+    def spawn(self, name, argv, env=None):
+        logf = open(os.path.join(self.dir, "logs", f"{name}.log"), "a")
+        p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env={**os.environ, **(env or {})}, start_new_session=True)
+        logf.close()
+        with self.mu:
+            self.procs[name] = p
+        return p
+
+    def controller_argv(self, i):
+        return [self.bin, "controller", "-n", self.ns, "--instance", f"controller-{i}",
+                "--http-addr", "127.0.0.1:0", "--leader-election-namespace", self.ns, *LEADER]
+
+    def worker_argv(self, i):
+        oracle = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        return [self.bin, "work", "-n", self.ns, "--identity", f"worker-{i}",
+                "--issues", self.feed_path, "--follow",
+                "--done-cmd", f"bash {HERE}/chaos-done.sh {oracle}", *HEARTBEAT,
+                "--", "bash", f"{HERE}/chaos-cmd.sh", oracle]
+
+    def worker_env(self, i):
+        env = {"KUBECONFIG": os.path.join(self.dir, f"kubeconfig-{i}"), "WORKER": f"worker-{i}",
+               "CHAOS_SLEEP_MS": str(self.args.hold_ms)}
+        if i == self.clock_worker and self.faketime:
+            env.update(LD_PRELOAD=self.faketime, FAKETIME_TIMESTAMP_FILE=self.clock_file,
+                       FAKETIME_CACHE_DURATION="1", FAKETIME_DONT_FAKE_MONOTONIC="1",
+                       CHAOS_UNSET_PRELOAD="1")
+        return env
+
+    def start(self, name):
+        if name.startswith("controller-"):
+            i = int(name.split("-")[1])
+            return self.spawn(name, self.controller_argv(i))
+        i = int(name.split("-")[1])
+        return self.spawn(name, self.worker_argv(i), self.worker_env(i))
+
+    def supervise(self):
+        """Restarts exited processes as a kubelet would: after 1 s, doubling up to 8 s
+        while they keep exiting within 10 s of their start."""
+        pending, backoff, started = {}, {}, {}
+        while not self.stopping:
+            with self.mu:
+                items = list(self.procs.items())
+            for name, p in items:
+                rc = p.poll()
+                if rc is None or name in pending:
+                    continue
+                self.restarts.append((now(), name, rc))
+                quick = time.monotonic() - started.get(name, 0) < 10
+                backoff[name] = min(8, backoff.get(name, 0.5) * 2) if quick else 1
+                log(f"{name} exited with {rc}; restarting it in {backoff[name]:g} s")
+                pending[name] = time.monotonic() + backoff[name]
+            for name, at in list(pending.items()):
+                if time.monotonic() >= at and not self.stopping:
+                    del pending[name]
+                    started[name] = time.monotonic()
+                    self.start(name)
+            time.sleep(0.1)
+
+    def feed(self):
+        """Keeps about W-1 issues not yet done, so a freed issue is picked up at once."""
+        n = 0
+        with open(self.feed_path, "a") as f:
+            while not self.stopping and not self.feeding_done:
+                todo = len(self.fed) - self.oracle.completed(self.fed)
+                while todo < max(1, self.args.workers - 1):
+                    n += 1
+                    key = f"chaos/s{self.seed}#{n}"
+                    self.fed.append(key)
+                    f.write(key + "\n")
+                    f.flush()
+                    todo += 1
+                time.sleep(0.2)
+
+    # ----- nemesis
+
+    def holder_pick(self, pick):
+        held = [(w, pid, issue) for (w, pid, issue) in self.oracle.holding() if alive(pid)]
+        if not held:
+            return None
+        held.sort()
+        return held[int(pick * len(held)) % len(held)]
+
+    def tree(self, pid):
+        """pid and all its descendants."""
+        kids = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+        out, todo = [], [pid]
+        while todo:  # breadth first: pid, then its children, ...
+            p = todo.pop(0)
+            out.append(p)
+            todo.extend(kids.get(p, []))
+        return out
+
+    def leader(self):
+        out = self.kc("get", "lease", "issuelock-controller", "-n", self.ns, "-o",
+                      "jsonpath={.spec.holderIdentity}", check=False, timeout=10)
+        return out.strip()
+
+    def controlplane(self, verb, what):
+        subprocess.run(["bash", os.path.join(HERE, "controlplane.sh"), verb, self.cp, what],
+                       check=True, capture_output=True, timeout=120)
+
+    def inject(self, ev):
+        kind = ev["kind"]
+        if kind in ("kill_holder", "pause_holder"):
+            h = None
+            for _ in range(50):
+                h = self.holder_pick(ev["pick"])
+                if h:
+                    break
+                time.sleep(0.1)
+            if not h:
+                return "no holder found"
+            worker, _pid, issue = h
+            p = self.procs.get(worker)
+            if p is None or p.poll() is not None:
+                return f"{worker} not running"
+            if kind == "kill_holder":
+                self.deaths.append((now(), issue))
+                os.kill(p.pid, signal.SIGKILL)
+                return f"SIGKILL {worker} (pid {p.pid}) holding {issue}"
+            if self.args.profile == "sensitivity":
+                # The whole tree: holder, supervisor and command; the command resumes first.
+                pids = self.tree(p.pid)
+                for q in pids:
+                    try_kill(q, signal.SIGSTOP)
+                time.sleep(ev["seconds"])
+                # The command (below `work` and its supervisor) is scheduled first: it
+                # finishes its sleep and writes before its supervisor can stop it.
+                for q in pids[2:]:
+                    try_kill(q, signal.SIGCONT)
+                time.sleep(1.5)
+                for q in pids[:2]:
+                    try_kill(q, signal.SIGCONT)
+                return f"SIGSTOP {worker} and its {len(pids) - 1} descendants holding {issue} for {ev['seconds']}s"
+            try_kill(p.pid, signal.SIGSTOP)
+            time.sleep(ev["seconds"])
+            try_kill(p.pid, signal.SIGCONT)
+            return f"SIGSTOP {worker} (pid {p.pid}) holding {issue} for {ev['seconds']}s"
+        if kind in ("restart_apiserver", "restart_etcd"):
+            what = kind.split("_")[1]
+            self.controlplane("stop", what)
+            time.sleep(1)
+            self.controlplane("start", what)
+            return f"restarted {what}"
+        if kind == "api_outage":
+            self.controlplane("stop", "apiserver")
+            time.sleep(ev["seconds"])
+            self.controlplane("start", "apiserver")
+            return f"kube-apiserver down for {ev['seconds']}s"
+        if kind == "kill_leader":
+            leader = self.leader()  # the instance name and a suffix of the replica
+            name = next((n for n in self.procs if n.startswith("controller-")
+                         and leader.startswith(n + "-")), leader)
+            p = self.procs.get(name)
+            if p is None or p.poll() is not None:
+                return f"leader {name!r} not found"
+            os.kill(p.pid, signal.SIGKILL)
+            return f"SIGKILL controller leader {name}"
+        if kind == "partition":
+            w = f"worker-{ev['worker']}"
+            self.proxies[ev["worker"]].cut(ev["seconds"])
+            time.sleep(ev["seconds"])
+            return f"{w} partitioned from the API server for {ev['seconds']}s"
+        if kind == "clock_jump":
+            if not self.faketime:
+                return "skipped: libfaketime not installed"
+            with open(self.clock_file, "w") as f:
+                f.write(f"{ev['offset']:+d}\n")
+            return f"worker-{ev['worker']}'s wall clock jumped to {ev['offset']:+d}s"
+        return "unknown"
+
+    def nemesis(self, start):
+        for i, ev in enumerate(self.events):
+            while now() - start < ev["at"]:
+                if self.stopping:
+                    return
+                time.sleep(0.05)
+            began = now()
+            try:
+                what = self.inject(ev)
+            except Exception as e:  # a failed injection is reported, the soak goes on
+                what = f"injection failed: {e}"
+            self.windows.append((began, now(), ev["kind"]))
+            log(f"nemesis #{i + 1} {ev['kind']}: {what}")
+            # An overdue event (the previous one took longer than planned) still comes
+            # at least MIN_GAP seconds after it.
+            start = max(start, now() + MIN_GAP - (self.events[i + 1]["at"] if i + 1 < len(self.events) else 0))
+
+    # ----- run + check
+
+    def run(self):
+        a = self.args
+        log(f"seed {self.seed}: namespace {self.ns}, {a.workers} workers, {a.minutes} min, "
+            f"fencing {'off' if a.no_fencing else 'on'}, profile {a.profile}")
+        log(f"seed {self.seed}: nemesis schedule (from the seed alone; clock worker {self.clock_worker}):")
+        for i, ev in enumerate(self.events):
+            print(f"  #{i + 1:<3} {json.dumps(ev)}", flush=True)
+        self.kc("create", "namespace", self.ns)
+        self.feed_path = os.path.join(self.dir, "issues.txt")
+        open(self.feed_path, "w").close()
+        self.clock_file = os.path.join(self.dir, "clock")
+        with open(self.clock_file, "w") as f:
+            f.write("+0\n")
+        self.proxies = []
+        for i in range(a.workers):
+            px = Proxy(self.api_port)
+            self.proxies.append(px)
+            with open(os.path.join(self.dir, f"kubeconfig-{i}"), "w") as f:
+                f.write(self.kubeconfig.replace(f"127.0.0.1:{self.api_port}", f"127.0.0.1:{px.port}"))
+        for i in range(2):
+            self.start(f"controller-{i}")
+        self.feeding_done = False
+        feeder = threading.Thread(target=self.feed, daemon=True)
+        feeder.start()
+        for i in range(a.workers):
+            self.start(f"worker-{i}")
+        sup = threading.Thread(target=self.supervise, daemon=True)
+        sup.start()
+        start = now()
+        nem = threading.Thread(target=self.nemesis, args=(start,), daemon=True)
+        nem.start()
+        while now() - start < a.minutes * 60:
+            time.sleep(1)
+        nem.join()  # the event in progress ends (SIGCONT, API server back)
+        self.feeding_done = True
+        feeder.join()
+        log(f"nemesis over; waiting for the {len(self.fed)} issues fed to complete")
+        deadline = now() + a.drain_seconds
+        while now() < deadline and self.oracle.completed(self.fed) < len(self.fed):
+            time.sleep(0.5)
+        self.stopping = True
+        sup.join()
+        for name, p in list(self.procs.items()):
+            if name.startswith("worker-"):
+                try_kill(p.pid, signal.SIGTERM)
+        for name, p in list(self.procs.items()):
+            if name.startswith("worker-"):
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        # Quiescence: whatever killed holders left is reclaimed once their Leases expire, and
+        # orphaned Leases are swept a little later (after an outage the controller starts
+        # counting a Lease's age from when it sees it again). Leftovers are counted when
+        # none is left or after QUIESCENCE seconds.
+        stopped = now()
+        log(f"workers stopped; waiting up to {QUIESCENCE}s for their locks and Leases to go")
+        while True:
+            locks = self.kc("get", "issuelocks", "-n", self.ns, "-o", "name", check=False).split()
+            leases = [n for n in self.kc("get", "leases", "-n", self.ns, "-o", "name", check=False).split()
+                      if n != "lease.coordination.k8s.io/issuelock-controller"]
+            if not (locks or leases) or now() - stopped > QUIESCENCE:
+                break
+            time.sleep(1)
+        log(f"quiescent after {now() - stopped:.1f}s: {len(locks)} locks and {len(leases)} Leases left")
+        for name, p in list(self.procs.items()):
+            try_kill(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                try_kill(p.pid, signal.SIGKILL)
+        self.srv.shutdown()
+        with open(os.path.join(self.dir, "history.json"), "w") as f:
+            json.dump({"seed": self.seed, "events": self.events, "fed": self.fed,
+                       "history": self.oracle.history, "restarts": self.restarts,
+                       "deaths": self.deaths, "windows": self.windows, "locks_left": locks,
+                       "leases_left": leases}, f)
+        return check(self.oracle.history, self.fed, locks + leases, self.deaths, self.restarts,
+                     self.seed, self.windows)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def try_kill(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
+
+
+def pct(xs, p):
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1) + 0.4999)))]
+
+
+def check(history, fed, leftovers, deaths, restarts, seed, windows):
+    """The checker: everything it says comes from the oracle's history and the leftovers."""
+    intervals = {}  # issue -> [(read_t, write_t, pid, token)]
+    reads = {}
+    for e in history:
+        if e["op"] == "read":
+            reads[e["pid"]] = e
+        elif e["pid"] in reads:
+            r = reads.pop(e["pid"])
+            intervals.setdefault(e["issue"], []).append((r["t"], e["t"], e["pid"], e["token"]))
+    overlaps = []
+    for issue, iv in intervals.items():
+        iv.sort()
+        for i in range(len(iv)):
+            for j in range(i + 1, len(iv)):
+                if iv[j][0] < iv[i][1]:
+                    overlaps.append((issue, iv[i], iv[j]))
+    stale = []
+    seen = {}
+    accepted = {}
+    for e in history:
+        hi = seen.get(e["issue"], 0)
+        if e["op"] == "write" and e["accepted"]:
+            if e["token"] < hi:
+                stale.append(e)
+            accepted[e["issue"]] = accepted.get(e["issue"], 0) + 1
+        if e["op"] == "read" or e.get("accepted"):
+            seen[e["issue"]] = max(hi, e["token"])
+    not_once = [(i, accepted.get(i, 0)) for i in fed if accepted.get(i, 0) != 1]
+    recovery = []
+    for t, issue in deaths:
+        nxt = [e["t"] for e in history if e["op"] == "read" and e["issue"] == issue and e["t"] > t]
+        if nxt:
+            recovery.append(min(nxt) - t)
+        elif accepted.get(issue):
+            pass  # the killed holder's write had landed: nothing to recover
+        else:
+            recovery.append(float("inf"))
+    # A kill is isolated when no fault of the control plane (API server, etcd, leading
+    # controller) was under way from LEASE + 3 s before it to LEASE + 3 s after it: the
+    # recovery bound applies to those. The others (a kill right after an API server
+    # restart, say) must recover too, and are reported apart. Faults of other workers
+    # (kills, pauses, partitions, clock jumps) leave the controller's judgement alone.
+    isolated = []
+    for (t, issue), r in zip(deaths, recovery):
+        alone = not any(b - (LEASE + 3) < t < e + (LEASE + 3) for b, e, k in windows
+                        if k in CONTROL_PLANE_FAULTS)
+        isolated.append(alone)
+        if r > LEASE + 3:
+            print(f"  SLOW RECOVERY {issue}: holder SIGKILLed at {t:.2f}, next acquire {r:.2f}s "
+                  f"later ({'isolated kill' if alone else 'other faults around it'})")
+    for o in overlaps[:10]:
+        print(f"  OVERLAP {o[0]}: read {o[1][0]:.2f}..write {o[1][1]:.2f} (token {o[1][3]}) "
+              f"and read {o[2][0]:.2f}..write {o[2][1]:.2f} (token {o[2][3]})")
+    for e in stale[:10]:
+        print(f"  STALE WRITE ACCEPTED {e['issue']}: token {e['token']} by {e['worker']} at {e['t']:.2f}")
+    for i, n in not_once[:10]:
+        print(f"  NOT EXACTLY ONCE {i}: {n} accepted writes")
+    for x in leftovers[:10]:
+        print(f"  LEAKED {x}")
+    return {"seed": seed, "overlaps": len(overlaps), "stale": len(stale), "not_once": len(not_once),
+            "leaked": len(leftovers), "issues": len(fed),
+            "recovery": [r for r, a in zip(recovery, isolated) if a],
+            "recovery_compound": [r for r, a in zip(recovery, isolated) if not a],
+            "writes": sum(accepted.values()),
+            "restarts": len([r for r in restarts if r[1].startswith("worker-")]),
+            "killed": len([r for r in restarts if r[1].startswith("worker-") and r[2] == -9])}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=1, help="run seeds FIRST..FIRST+N-1")
+    ap.add_argument("--first-seed", type=int, default=1)
+    ap.add_argument("--minutes", type=float, default=2)
+    ap.add_argument("--workers", type=int, default=5)
+    ap.add_argument("--hold-ms", type=int, default=1500, help="mean sleep between read and write")
+    ap.add_argument("--no-fencing", action="store_true")
+    ap.add_argument("--profile", choices=["all", "kills", "sensitivity"], default="all")
+    ap.add_argument("--expect-violations", action="store_true",
+                    help="exit 0 only when the checker reports a violation (sensitivity)")
+    ap.add_argument("--drain-seconds", type=float, default=180)
+    ap.add_argument("--controlplane", required=True, help="DIR of a running e2e/controlplane.sh")
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--kubectl", required=True)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--print-schedule", action="store_true", help="print the schedule of --first-seed and exit")
+    a = ap.parse_args()
+    if a.print_schedule:
+        ev, cw = schedule(a.first_seed, a.minutes, a.workers, a.profile)
+        print(json.dumps({"seed": a.first_seed, "clock_worker": cw, "events": ev}, indent=1))
+        return 0
+    results = []
+    current = []
+
+    def interrupted(sig, _frame):
+        # Workers and controllers run in sessions of their own: end them before leaving.
+        for soak in current:
+            soak.stopping = True
+            for p in list(soak.procs.values()):
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        print(f"chaos: interrupted by signal {sig}", flush=True)
+        os._exit(128 + sig)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
+        soak = Soak(a, seed, a.controlplane, a.bin, a.kubectl)
+        current[:] = [soak]
+        r = soak.run()
+        results.append(r)
+        allr = r["recovery"] + r["recovery_compound"]
+        rec = [x for x in allr if x != float("inf")]
+        comp = r["recovery_compound"]
+        print(f"chaos seed {seed}: issues={r['issues']} accepted_writes={r['writes']} "
+              f"overlaps={r['overlaps']} stale_writes_accepted={r['stale']} "
+              f"not_exactly_once={r['not_once']} leaked={r['leaked']} kills={len(allr)} "
+              f"unrecovered={len(allr) - len(rec)} isolated_kills={len(r['recovery'])} "
+              f"recovery_p50={pct(r['recovery'], 50):.2f}s recovery_p99={pct(r['recovery'], 99):.2f}s "
+              f"compound_recovery_max={max(comp, default=0):.2f}s "
+              f"worker_restarts={r['restarts']} (after kills: {r['killed']})", flush=True)
+    tot = {k: sum(r[k] for r in results) for k in ("overlaps", "stale", "not_once", "leaked")}
+    rec = [x for r in results for x in r["recovery"]]
+    bad = [r["seed"] for r in results if r["overlaps"] or r["stale"] or r["not_once"] or r["leaked"]]
+    if bad:
+        print(f"chaos: violations in seeds {bad}; replay one with SEEDS=1 FIRST_SEED=<seed> "
+              f"(its schedule: e2e/chaos.sh --print-schedule --first-seed <seed>)")
+    late = [x for x in rec if x > LEASE + 3]
+    late += [x for r in results for x in r["recovery_compound"] if x == float("inf")]
+    if late and not a.expect_violations:
+        print(f"chaos: {len(late)} recoveries slower than leaseDuration + 3 s = {LEASE + 3}s")
+    violated = bool(bad) or bool(late)
+    if a.expect_violations:
+        rc = 0 if (tot["overlaps"] or tot["stale"] or tot["not_once"]) else 1
+    else:
+        rc = 1 if violated else 0
+    if rc:
+        print(f"chaos: logs and oracle histories kept in {a.workdir}")
+    p99 = pct(rec, 99)
+    minutes = int(a.minutes) if a.minutes == int(a.minutes) else a.minutes
+    print(f"chaos: seeds={a.seeds} minutes={minutes} overlaps={tot['overlaps']} "
+          f"stale_writes_accepted={tot['stale']} not_exactly_once={tot['not_once']} "
+          f"leaked={tot['leaked']} recovery_p99={p99:.2f}s", flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
