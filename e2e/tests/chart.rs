@@ -12,16 +12,6 @@ use std::time::{Duration, Instant};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/issuelock");
 
-fn helm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("helm")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig())
-        .output()
-        .expect("helm runs");
-    let (o, e) = text(&out);
-    (out.status.success(), o, e)
-}
-
 fn can_i(who: &str, args: &[&str]) -> bool {
     let mut all = vec!["auth", "can-i", "--as", who];
     all.extend_from_slice(args);
@@ -187,39 +177,18 @@ async fn the_chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     ));
 
     // The controller as the chart's ServiceAccount, workers as theirs: reclaim works.
-    kubectl_ok(&["create", "serviceaccount", "worker", "-n", &work]);
-    let scratch_c = Scratch::new("chart-controller");
-    let scratch_w = Scratch::new("chart-worker");
-    let ctl_token = kubectl_ok(&[
-        "create",
-        "token",
-        &format!("{release}-issuelock"),
-        "-n",
-        &sys,
-        "--duration=1h",
-    ]);
-    let wrk_token = kubectl_ok(&["create", "token", "worker", "-n", &work, "--duration=1h"]);
-    let ctl_kc = token_kubeconfig(&scratch_c.0, ctl_token.trim());
-    let wrk_kc = token_kubeconfig(&scratch_w.0, wrk_token.trim());
-    let ctl = ControllerProcess::start_as(
-        &work,
-        Some(&ctl_kc),
-        &[
-            "--leader-election-namespace",
+    let (ctl, w, _identities) = controller_and_worker_as_chart_identities(
+        &client,
+        (
             &sys,
-            "--leader-election-lease",
+            &format!("{release}-issuelock"),
             "il-issuelock-controller",
-        ],
-    );
-    let uid = create_pod(&client, &work, "chart-worker-0").await;
-    let w = WorkerProcess::start_as(
+        ),
         &work,
-        Some(&wrk_kc),
         "chart-worker-0",
         "org/repo#chart",
-        Some(("chart-worker-0", &uid)),
-        300,
-    );
+    )
+    .await;
     let lock = eventually(Duration::from_secs(15), "lock taken", || async {
         lock_of(&client, &work, "org/repo#chart").await
     })
@@ -1344,34 +1313,15 @@ async fn the_chart_installs_as_a_subchart_watching_one_namespace() {
 
     // The controller as the chart's ServiceAccount, watching one namespace, and a worker
     // bound to the worker Role: a lock taken, its holder killed, the lock reclaimed.
-    kubectl_ok(&["create", "serviceaccount", "worker", "-n", &work]);
-    let ctl_token = kubectl_ok(&["create", "token", &full, "-n", &sys, "--duration=1h"]);
-    let wrk_token = kubectl_ok(&["create", "token", "worker", "-n", &work, "--duration=1h"]);
-    let (ctl_dir, wrk_dir) = (scratch.0.join("controller"), scratch.0.join("worker"));
-    std::fs::create_dir_all(&ctl_dir).unwrap();
-    std::fs::create_dir_all(&wrk_dir).unwrap();
-    let ctl_kc = token_kubeconfig(&ctl_dir, ctl_token.trim());
-    let wrk_kc = token_kubeconfig(&wrk_dir, wrk_token.trim());
-    let ctl = ControllerProcess::start_as(
-        &work,
-        Some(&ctl_kc),
-        &[
-            "--leader-election-namespace",
-            &sys,
-            "--leader-election-lease",
-            &format!("{full}-controller"),
-        ],
-    );
     let issue = "org/repo#subchart";
-    let uid = create_pod(&client, &work, "sub-worker-0").await;
-    let w = WorkerProcess::start_as(
+    let (ctl, w, _identities) = controller_and_worker_as_chart_identities(
+        &client,
+        (&sys, &full, &format!("{full}-controller")),
         &work,
-        Some(&wrk_kc),
         "sub-worker-0",
         issue,
-        Some(("sub-worker-0", &uid)),
-        300,
-    );
+    )
+    .await;
     let lock = eventually(Duration::from_secs(15), "lock taken", || async {
         lock_of(&client, &work, issue).await
     })
@@ -1429,4 +1379,39 @@ async fn the_chart_installs_as_a_subchart_watching_one_namespace() {
             .success(),
         "uninstall removes the worker Role"
     );
+}
+
+/// The controller as the chart's ServiceAccount (`controller`: its namespace, name and
+/// election Lease there), watching `work`, and a worker as the ServiceAccount
+/// `{work}/worker` taking `issue` from the Pod object `pod`: each with a kubeconfig made
+/// of a token of its ServiceAccount, kept in the returned scratch directory.
+async fn controller_and_worker_as_chart_identities(
+    client: &kube::Client,
+    (sys, controller_sa, election_lease): (&str, &str, &str),
+    work: &str,
+    pod: &str,
+    issue: &str,
+) -> (ControllerProcess, WorkerProcess, Scratch) {
+    kubectl_ok(&["create", "serviceaccount", "worker", "-n", work]);
+    let scratch = Scratch::new("chart-identities");
+    let (ctl_dir, wrk_dir) = (scratch.0.join("controller"), scratch.0.join("worker"));
+    std::fs::create_dir_all(&ctl_dir).unwrap();
+    std::fs::create_dir_all(&wrk_dir).unwrap();
+    let ctl_token = kubectl_ok(&["create", "token", controller_sa, "-n", sys, "--duration=1h"]);
+    let wrk_token = kubectl_ok(&["create", "token", "worker", "-n", work, "--duration=1h"]);
+    let ctl_kc = token_kubeconfig(&ctl_dir, ctl_token.trim());
+    let wrk_kc = token_kubeconfig(&wrk_dir, wrk_token.trim());
+    let ctl = ControllerProcess::start_as(
+        work,
+        Some(&ctl_kc),
+        &[
+            "--leader-election-namespace",
+            sys,
+            "--leader-election-lease",
+            election_lease,
+        ],
+    );
+    let uid = create_pod(client, work, pod).await;
+    let worker = WorkerProcess::start_as(work, Some(&wrk_kc), pod, issue, Some((pod, &uid)), 300);
+    (ctl, worker, scratch)
 }

@@ -54,12 +54,7 @@ fn a_crd_older_than_the_client_is_named() {
         &serde_saphyr::to_string(&old).unwrap(),
     );
     assert!(out.status.success(), "{}", text(&out).1);
-    kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/issuelocks.issuelock.dev",
-    ]);
+    wait_crd_established();
     let stderr = exits_with(
         issuelock_run("default", "old-crd")
             .args(["--", "true"])

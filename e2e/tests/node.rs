@@ -68,17 +68,6 @@ fn ctr_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn helm(args: &[&str]) -> String {
-    let out = Command::new("helm")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig())
-        .output()
-        .expect("helm runs");
-    let (o, e) = text(&out);
-    assert!(out.status.success(), "helm {args:?} failed: {o}{e}");
-    o
-}
-
 /// `kubectl` with the `issuelock` plugin on PATH, as a user who installed it.
 fn kubectl_with_plugin(plugin_dir: &Path, args: &[&str]) -> String {
     let path = format!(
@@ -263,7 +252,7 @@ async fn the_user_story_runs_in_pods() {
 
     // === the controller, installed with Helm ===
     let started = Instant::now();
-    helm(&[
+    helm_ok(&[
         "install",
         RELEASE,
         CHART,
@@ -360,7 +349,7 @@ async fn the_user_story_runs_in_pods() {
     // `helm test`: the chart's test pod runs `issuelock list` with the controller's image
     // and its own ServiceAccount (CRD served, RBAC enough).
     let started = Instant::now();
-    let tested = helm(&["test", RELEASE, "-n", &sys, "--logs", "--timeout", "180s"]);
+    let tested = helm_ok(&["test", RELEASE, "-n", &sys, "--logs", "--timeout", "180s"]);
     eprintln!(
         "helm test: {:.1} s\n{tested}",
         started.elapsed().as_secs_f64()
@@ -674,7 +663,7 @@ async fn the_user_story_runs_in_pods() {
     )
     .await;
 
-    helm(&[
+    helm_ok(&[
         "uninstall",
         RELEASE,
         "-n",

@@ -93,12 +93,35 @@ pub fn apply_crd() {
         "/crds/issuelock.dev_issuelocks.yaml"
     );
     kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crd]);
+    wait_crd_established();
+}
+
+/// Waits (up to 60 s) until the IssueLock CRD is served.
+pub fn wait_crd_established() {
     kubectl_ok(&[
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
         "crd/issuelocks.issuelock.dev",
     ]);
+}
+
+/// `helm` against the cluster under test: whether it succeeded, its stdout and stderr.
+pub fn helm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("helm")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .expect("helm runs");
+    let (o, e) = text(&out);
+    (out.status.success(), o, e)
+}
+
+/// `helm` that must succeed; its stdout.
+pub fn helm_ok(args: &[&str]) -> String {
+    let (ok, o, e) = helm(args);
+    assert!(ok, "helm {args:?} failed: {o}{e}");
+    o
 }
 
 /// An admin client of the cluster under test.
