@@ -371,22 +371,8 @@ async fn work_goes_on_after_a_lost_lock_and_stops_cleanly_on_sigterm() {
     let list = dir.0.join("issues.txt");
     std::fs::write(&list, "org/repo#a\norg/repo#b\n").unwrap();
     let pids = dir.0.join("pids");
-    let mut cmd = issuelock();
-    cmd.args([
-        "work",
-        "-n",
-        &ns,
-        "--identity",
-        "w",
-        "--order",
-        "listed",
-        "--issues",
-    ])
-    .arg(&list)
-    .arg("--done-dir")
-    .arg(&done)
-    .args(FAST_HEARTBEAT)
-    .args([
+    let mut cmd = work_in_listed_order(&ns, &list);
+    cmd.arg("--done-dir").arg(&done).args(FAST_HEARTBEAT).args([
         "--",
         "sh",
         "-c",
@@ -477,20 +463,8 @@ async fn work_resumes_with_a_new_heartbeat_after_losing_its_heartbeat() {
     let dir = Scratch::new("work-resume");
     let list = dir.0.join("issues.txt");
     std::fs::write(&list, "org/repo#a\norg/repo#b\n").unwrap();
-    let mut cmd = issuelock();
-    cmd.args([
-        "work",
-        "-n",
-        &ns,
-        "--identity",
-        "w",
-        "--order",
-        "listed",
-        "--issues",
-    ])
-    .arg(&list)
-    .args(FAST_HEARTBEAT)
-    .args(["--", "sleep", "300"]);
+    let mut cmd = work_in_listed_order(&ns, &list);
+    cmd.args(FAST_HEARTBEAT).args(["--", "sleep", "300"]);
     let worker = WorkerProcess::spawn_command(cmd);
     wait_taken(&client, &ns, "org/repo#a").await;
     let first = heartbeat_leases(&ns);
@@ -667,4 +641,21 @@ async fn bad_input_to_work_claim_and_wait_names_the_line_and_locks_nothing() {
             .items
             .is_empty()
     );
+}
+
+/// `issuelock work -n NS --identity w --order listed --issues LIST`: the rest is the test's.
+fn work_in_listed_order(ns: &str, list: &std::path::Path) -> std::process::Command {
+    let mut cmd = issuelock();
+    cmd.args([
+        "work",
+        "-n",
+        ns,
+        "--identity",
+        "w",
+        "--order",
+        "listed",
+        "--issues",
+    ])
+    .arg(list);
+    cmd
 }
