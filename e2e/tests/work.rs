@@ -470,8 +470,11 @@ async fn work_resumes_with_a_new_heartbeat_after_losing_its_heartbeat() {
     let first = heartbeat_leases(&ns);
     assert_eq!(first.len(), 1, "{first:?}");
     // The heartbeat is lost (as after an API server outage longer than the renew
-    // deadline): its locks are lost, and `work` goes on with a new Lease.
-    kubectl_ok(&["delete", &first[0], "-n", &ns]);
+    // deadline): its locks are lost, and `work` goes on with a new Lease. The Lease is
+    // deleted without its dependents, as an outage would leave lock a in place: with
+    // the garbage collector removing lock a at once, `work` could learn of the lost lock
+    // before its heartbeat's next renewal, take b on the dead Lease and lose it too.
+    kubectl_ok(&["delete", &first[0], "-n", &ns, "--cascade=orphan"]);
     wait_taken(&client, &ns, "org/repo#b").await;
     let second = heartbeat_leases(&ns);
     assert_eq!(second.len(), 1, "{second:?}");
