@@ -226,6 +226,18 @@ mod tests {
         v
     }
 
+    /// The index sees `lock(...)` applied (created or changed).
+    fn hold(
+        index: &HolderIndex,
+        uid: &str,
+        ns: &str,
+        name: &str,
+        lease: &str,
+        pod: Option<(&str, &str)>,
+    ) {
+        index.on_event(&watcher::Event::Apply(lock(uid, ns, name, lease, pod)));
+    }
+
     fn key(a: &str, b: &str) -> (String, String) {
         (a.to_owned(), b.to_owned())
     }
@@ -233,28 +245,10 @@ mod tests {
     #[test]
     fn an_event_reaches_only_its_own_locks() {
         let index = HolderIndex::default();
-        index.on_event(&watcher::Event::Apply(lock(
-            "1",
-            "w",
-            "a",
-            "l1",
-            Some(("ci", "p1")),
-        )));
-        index.on_event(&watcher::Event::Apply(lock(
-            "2",
-            "w",
-            "b",
-            "l1",
-            Some(("ci", "p1")),
-        )));
-        index.on_event(&watcher::Event::Apply(lock(
-            "3",
-            "w",
-            "c",
-            "l2",
-            Some(("w", "p1")),
-        )));
-        index.on_event(&watcher::Event::Apply(lock("4", "x", "d", "l1", None)));
+        hold(&index, "1", "w", "a", "l1", Some(("ci", "p1")));
+        hold(&index, "2", "w", "b", "l1", Some(("ci", "p1")));
+        hold(&index, "3", "w", "c", "l2", Some(("w", "p1")));
+        hold(&index, "4", "x", "d", "l1", None);
         assert_eq!(names(index.locks_of_lease(&key("w", "l1"))), ["a", "b"]);
         assert_eq!(names(index.locks_of_lease(&key("x", "l1"))), ["d"]);
         assert_eq!(index.lock_count_of_lease(&key("w", "l1")), 2);
@@ -284,8 +278,8 @@ mod tests {
     #[test]
     fn a_relist_drops_locks_deleted_during_a_watch_gap() {
         let index = HolderIndex::default();
-        index.on_event(&watcher::Event::Apply(lock("1", "w", "a", "l1", None)));
-        index.on_event(&watcher::Event::Apply(lock("2", "w", "b", "l1", None)));
+        hold(&index, "1", "w", "a", "l1", None);
+        hold(&index, "2", "w", "b", "l1", None);
         index.on_event(&watcher::Event::Init);
         index.on_event(&watcher::Event::InitApply(lock("2", "w", "b", "l1", None)));
         // Until the relist completes, the old entries still answer.
@@ -316,20 +310,8 @@ mod tests {
     #[test]
     fn pods_missing_after_a_relist_name_their_locks() {
         let index = HolderIndex::default();
-        index.on_event(&watcher::Event::Apply(lock(
-            "1",
-            "w",
-            "a",
-            "l1",
-            Some(("w", "p1")),
-        )));
-        index.on_event(&watcher::Event::Apply(lock(
-            "2",
-            "w",
-            "b",
-            "l2",
-            Some(("w", "p2")),
-        )));
+        hold(&index, "1", "w", "a", "l1", Some(("w", "p1")));
+        hold(&index, "2", "w", "b", "l2", Some(("w", "p2")));
         let missing = index.locks_of_pods_not_in(|pod| pod.1 == "p2");
         assert_eq!(names(missing), ["a"]);
     }
