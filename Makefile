@@ -59,9 +59,10 @@ test-chaos: ## 2-minute chaos smoke: one seed, every fault, fencing on; fails on
 SEEDS ?= 30
 MINUTES ?= 5
 FIRST_SEED ?= 1
+JOBS ?= 1
 .PHONY: chaos
-chaos: ## Seeded chaos soak (SEEDS=30 MINUTES=5 FIRST_SEED=1); exits 0 only when the checker finds no violation.
-	bash e2e/chaos.sh --seeds $(SEEDS) --minutes $(MINUTES) --first-seed $(FIRST_SEED)
+chaos: ## Seeded chaos soak (SEEDS=30 MINUTES=5 FIRST_SEED=1 JOBS=1: lanes at once, a control plane each); exits 0 only when the checker finds no violation.
+	bash e2e/chaos.sh --seeds $(SEEDS) --minutes $(MINUTES) --first-seed $(FIRST_SEED) --jobs $(JOBS)
 
 .PHONY: chaos-sensitivity
 chaos-sensitivity: ## Fencing off, whole-tree pauses past the lease: exits 0 only when the checker DOES report violations.

@@ -288,7 +288,7 @@ class Soak:
         self.srv = serve_oracle(self.oracle)
         self.stopping = False
         self.procs = {}  # name -> Popen
-        self.restarts = []  # (t, name, rc)
+        self.restarts = []  # (t, name, rc, seconds the process had run)
         self.deaths = []  # (t, issue) holders SIGKILLed
         self.windows = []  # (began, ended, kind) of each fault injected
         self.fed = []
@@ -313,6 +313,7 @@ class Soak:
         p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              env={**os.environ, **(env or {})}, start_new_session=True)
         logf.close()
+        p.started = time.monotonic()
         with self.mu:
             self.procs[name] = p
         return p
@@ -347,7 +348,7 @@ class Soak:
     def supervise(self):
         """Restarts exited processes as a kubelet would: after 1 s, doubling up to 8 s
         while they keep exiting within 10 s of their start."""
-        pending, backoff, started = {}, {}, {}
+        pending, backoff = {}, {}
         while not self.stopping:
             with self.mu:
                 items = list(self.procs.items())
@@ -355,15 +356,15 @@ class Soak:
                 rc = p.poll()
                 if rc is None or name in pending:
                     continue
-                self.restarts.append((now(), name, rc))
-                quick = time.monotonic() - started.get(name, 0) < 10
+                ran = time.monotonic() - p.started
+                self.restarts.append((now(), name, rc, ran))
+                quick = ran < 10
                 backoff[name] = min(8, backoff.get(name, 0.5) * 2) if quick else 1
                 log(f"{name} exited with {rc}; restarting it in {backoff[name]:g} s")
                 pending[name] = time.monotonic() + backoff[name]
             for name, at in list(pending.items()):
                 if time.monotonic() >= at and not self.stopping:
                     del pending[name]
-                    started[name] = time.monotonic()
                     self.start(name)
             time.sleep(0.1)
 
@@ -672,13 +673,19 @@ def check(history, fed, leftovers, deaths, restarts, seed, windows):
         print(f"  NOT EXACTLY ONCE {i}: {n} accepted writes")
     for x in leftovers[:10]:
         print(f"  LEAKED {x}")
+    # A worker must survive every fault but a SIGKILL of itself: an exit of one that had
+    # been running (not a restart failing to start, say during an outage) is a violation.
+    unplanned = [r for r in restarts if r[1].startswith("worker-") and r[2] != -9 and r[3] >= 10]
+    for t, name, rc, ran in unplanned[:10]:
+        print(f"  WORKER RESTART {name}: exited with {rc} at {t:.2f} after running {ran:.1f}s")
     return {"seed": seed, "overlaps": len(overlaps), "stale": len(stale), "not_once": len(not_once),
             "leaked": len(leftovers), "issues": len(fed),
             "recovery": [r for r, a in zip(recovery, isolated) if a],
             "recovery_compound": [r for r, a in zip(recovery, isolated) if not a],
             "writes": sum(accepted.values()),
             "restarts": len([r for r in restarts if r[1].startswith("worker-")]),
-            "killed": len([r for r in restarts if r[1].startswith("worker-") and r[2] == -9])}
+            "killed": len([r for r in restarts if r[1].startswith("worker-") and r[2] == -9]),
+            "unplanned": len(unplanned)}
 
 
 def main():
@@ -698,7 +705,18 @@ def main():
     ap.add_argument("--kubectl", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--print-schedule", action="store_true", help="print the schedule of --first-seed and exit")
+    ap.add_argument("--results", help="also write the seeds' results to this JSON file")
+    ap.add_argument("--summarize", nargs="+", metavar="RESULTS",
+                    help="run nothing: print the verdict over these --results files (parallel lanes)")
     a = ap.parse_args()
+    if a.summarize:
+        results = []
+        for path in a.summarize:
+            with open(path) as f:
+                results += json.load(f)
+        for r in sorted(results, key=lambda r: r["seed"]):
+            print(seed_line(r))
+        return summarize(results, a)
     if a.print_schedule:
         ev, cw = schedule(a.first_seed, a.minutes, a.workers, a.profile)
         print(json.dumps({"seed": a.first_seed, "clock_worker": cw, "events": ev}, indent=1))
@@ -725,22 +743,40 @@ def main():
         current[:] = [soak]
         r = soak.run()
         results.append(r)
-        allr = r["recovery"] + r["recovery_compound"]
-        rec = [x for x in allr if x != float("inf")]
-        comp = r["recovery_compound"]
-        print(f"chaos seed {seed}: issues={r['issues']} accepted_writes={r['writes']} "
-              f"overlaps={r['overlaps']} stale_writes_accepted={r['stale']} "
-              f"not_exactly_once={r['not_once']} leaked={r['leaked']} kills={len(allr)} "
-              f"unrecovered={len(allr) - len(rec)} isolated_kills={len(r['recovery'])} "
-              f"recovery_p50={pct(r['recovery'], 50):.2f}s recovery_p99={pct(r['recovery'], 99):.2f}s "
-              f"compound_recovery_max={max(comp, default=0):.2f}s "
-              f"worker_restarts={r['restarts']} (after kills: {r['killed']})", flush=True)
-    tot = {k: sum(r[k] for r in results) for k in ("overlaps", "stale", "not_once", "leaked")}
+        print(seed_line(r), flush=True)
+    if a.results:
+        with open(a.results, "w") as f:
+            json.dump(results, f)
+    return summarize(results, a)
+
+
+def seed_line(r):
+    allr = r["recovery"] + r["recovery_compound"]
+    rec = [x for x in allr if x != float("inf")]
+    comp = r["recovery_compound"]
+    return (f"chaos seed {r['seed']}: issues={r['issues']} accepted_writes={r['writes']} "
+            f"overlaps={r['overlaps']} stale_writes_accepted={r['stale']} "
+            f"not_exactly_once={r['not_once']} leaked={r['leaked']} kills={len(allr)} "
+            f"unrecovered={len(allr) - len(rec)} isolated_kills={len(r['recovery'])} "
+            f"recovery_p50={pct(r['recovery'], 50):.2f}s recovery_p99={pct(r['recovery'], 99):.2f}s "
+            f"compound_recovery_max={max(comp, default=0):.2f}s "
+            f"worker_restarts={r['restarts']} (after kills: {r['killed']}, "
+            f"unplanned: {r['unplanned']})")
+
+
+def summarize(results, a):
+    """Prints the verdict over all seeds' results (the last line in the issue's format) and
+    returns the exit status."""
+    results = sorted(results, key=lambda r: r["seed"])
+    tot = {k: sum(r[k] for r in results) for k in ("overlaps", "stale", "not_once", "leaked", "unplanned")}
     rec = [x for r in results for x in r["recovery"]]
-    bad = [r["seed"] for r in results if r["overlaps"] or r["stale"] or r["not_once"] or r["leaked"]]
+    bad = [r["seed"] for r in results
+           if r["overlaps"] or r["stale"] or r["not_once"] or r["leaked"] or r["unplanned"]]
     if bad:
         print(f"chaos: violations in seeds {bad}; replay one with SEEDS=1 FIRST_SEED=<seed> "
               f"(its schedule: e2e/chaos.sh --print-schedule --first-seed <seed>)")
+    if tot["unplanned"]:
+        print(f"chaos: {tot['unplanned']} worker restarts not caused by a SIGKILL of the worker")
     late = [x for x in rec if x > LEASE + 3]
     late += [x for r in results for x in r["recovery_compound"] if x == float("inf")]
     if late and not a.expect_violations:
@@ -754,11 +790,10 @@ def main():
         print(f"chaos: logs and oracle histories kept in {a.workdir}")
     p99 = pct(rec, 99)
     minutes = int(a.minutes) if a.minutes == int(a.minutes) else a.minutes
-    print(f"chaos: seeds={a.seeds} minutes={minutes} overlaps={tot['overlaps']} "
+    print(f"chaos: seeds={len(results)} minutes={minutes} overlaps={tot['overlaps']} "
           f"stale_writes_accepted={tot['stale']} not_exactly_once={tot['not_once']} "
           f"leaked={tot['leaked']} recovery_p99={p99:.2f}s", flush=True)
     return rc
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,20 +30,81 @@ log "building issuelock"
 cargo build --quiet
 bin="$CARGO_TARGET_DIR/debug/issuelock"
 
+# --jobs J runs the seeds in J lanes at once, each on a control plane of its own (the
+# seeds are split into J runs of consecutive seeds); the verdict is over all of them.
+jobs=1 seeds=1 first=1 args=()
+while (( $# )); do
+  case "$1" in
+    --jobs) jobs="$2"; shift 2 ;;
+    --seeds) seeds="$2"; shift 2 ;;
+    --first-seed) first="$2"; shift 2 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+(( jobs >= 1 && seeds >= 1 )) || { log "error: --jobs and --seeds must be at least 1"; exit 2; }
+(( jobs <= seeds )) || jobs="$seeds"
+
 dir="$(mktemp -d "${TMPDIR:-/tmp}/issuelock-chaos.XXXXXX")"
 keep="${CHAOS_KEEP:-}"
-trap 'bash e2e/controlplane.sh down "$dir/cp" >/dev/null 2>&1 || true; [[ -n "$keep" ]] || rm -rf "$dir"' EXIT
+lanes=()
+cleanup() {
+  for pid in "${lanes[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  for cp in "$dir"/cp*; do [[ -d "$cp" ]] && { bash e2e/controlplane.sh down "$cp" >/dev/null 2>&1 || true; }; done
+  [[ -n "$keep" ]] || rm -rf "$dir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 # A copy: a rebuild during the soak must not change the binary restarted workers run.
 cp "$bin" "$dir/issuelock"
 bin="$dir/issuelock"
-bash e2e/controlplane.sh up "$dir/cp"
-# shellcheck disable=SC1091
-source "$dir/cp/env"
-"$bin" crd | kubectl apply -f - >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd/issuelocks.issuelock.dev >/dev/null
-log "work directory $dir (kept after a failure or with CHAOS_KEEP=1: logs, oracle history)"
+log "work directory $dir (kept after a failure or with CHAOS_KEEP=1: logs, oracle histories)"
+
+# lane J FIRST N: a control plane of its own, the CRD, then seeds FIRST..FIRST+N-1.
+lane() {
+  local j="$1" cp="$dir/cp$1"
+  bash e2e/controlplane.sh up "$cp"
+  # shellcheck disable=SC1091
+  source "$cp/env"
+  "$bin" crd | kubectl apply -f - >/dev/null
+  kubectl wait --for=condition=Established --timeout=60s crd/issuelocks.issuelock.dev >/dev/null
+  exec python3 -u e2e/chaos.py --controlplane "$cp" --bin "$bin" --kubectl "$(command -v kubectl)" \
+    --workdir "$dir/runs" --first-seed "$2" --seeds "$3" --results "$dir/results$j.json" "${args[@]}"
+}
+
+if (( jobs == 1 )); then
+  rc=0
+  ( lane 0 "$first" "$seeds" ) || rc=$?
+  (( rc == 0 )) || keep=1  # chaos.py named the directory kept for the post-mortem
+  exit "$rc"
+fi
+
+per=$(( (seeds + jobs - 1) / jobs ))
+for (( j = 0; j < jobs; j++ )); do
+  n=$(( seeds - j * per < per ? seeds - j * per : per ))
+  (( n > 0 )) || break
+  log "lane $j: seeds $(( first + j * per ))..$(( first + j * per + n - 1 )), log $dir/lane$j.log"
+  ( lane "$j" $(( first + j * per )) "$n" ) >"$dir/lane$j.log" 2>&1 &
+  lanes+=("$!")
+done
+# Progress: each seed's line as its lane finishes it.
+tail -q -n +1 -F "$dir"/lane*.log 2>/dev/null | grep --line-buffered -E '^(chaos seed|  (SLOW|OVERLAP|STALE|NOT|LEAKED|WORKER))' &
+progress=$!
+failed=0
+for pid in "${lanes[@]}"; do wait "$pid" || failed=1; done
+lanes=()
+kill "$progress" 2>/dev/null || true
+shopt -s nullglob
+results=("$dir"/results*.json)
 rc=0
-python3 -u e2e/chaos.py --controlplane "$dir/cp" --bin "$bin" --kubectl "$(command -v kubectl)" \
-  --workdir "$dir/runs" "$@" || rc=$?
-(( rc == 0 )) || keep=1  # chaos.py named the directory kept for the post-mortem
+python3 e2e/chaos.py --controlplane - --bin - --kubectl - --workdir "$dir/runs" --seeds "$seeds" \
+  --summarize "${results[@]}" "${args[@]}" >"$dir/verdict" || rc=$?
+grep -v '^chaos seed' "$dir/verdict" || true
+started=$(( (seeds + per - 1) / per ))
+if (( ${#results[@]} != started )); then
+  log "error: only ${#results[@]} of $started lanes finished (see $dir/lane*.log)"
+  rc=1
+fi
+(( rc == 0 && failed == 0 )) || keep=1
 exit "$rc"

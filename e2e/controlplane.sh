@@ -31,9 +31,15 @@ free_port() {
 gen_certs() {
   local d="$1/pki" sans="IP:127.0.0.1,DNS:localhost"
   [[ -n "${ISSUELOCK_NODE_IP:-}" ]] && sans+=",IP:$ISSUELOCK_NODE_IP,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  # Certificates issued two hours back when libfaketime's `faketime` is there (the chaos
+  # soak installs it): a cluster's certificates are older than its clients' clock skew,
+  # and the soak moves a worker's clock back by up to an hour.
+  local openssl=(command openssl)
+  command -v faketime >/dev/null && openssl=(faketime -f -2h openssl)
   mkdir -p "$d"
   (
     cd "$d"
+    openssl() { "${openssl[@]}" "$@"; }
     openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 \
       -subj "/CN=issuelock-test-ca" -addext "basicConstraints=critical,CA:TRUE" \
       -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
