@@ -202,13 +202,24 @@ async fn run_one(
     );
 
     // First start: every lock is new to the controller (status written once per lock).
+    let started = Instant::now();
     let mut ctl = ControllerProc::start(bin, ns);
     row.first_start = ctl.until_all_judged(locks).await;
     eprintln!("   first start: all judged in {:.1}s", row.first_start);
     // Let the first writes (one status per new lock) settle: no reconcile for 3 s, or
-    // 40 s at most (a controller that rechecks every lock periodically never settles).
-    ctl.until_quiet(Duration::from_secs(3), Duration::from_secs(40))
+    // 15 minutes at most (a controller that rechecks every lock periodically never settles).
+    let settled = ctl
+        .until_quiet(Duration::from_secs(3), Duration::from_secs(900))
         .await;
+    eprintln!(
+        "   first start: {} after {:.1}s",
+        if settled.is_some() {
+            "settled (3 s without a reconcile)"
+        } else {
+            "NOT settled"
+        },
+        started.elapsed().as_secs_f64()
+    );
     let (writes0, cpu0, t0) = (
         api_writes(client, ns).await,
         ctl.cpu_ticks(),
@@ -575,7 +586,9 @@ impl ControllerProc {
     }
 
     /// Waits until no reconcile happened for `quiet`, or `limit` passed.
-    async fn until_quiet(&self, quiet: Duration, limit: Duration) {
+    /// Waits until no reconcile happened for `quiet`, at most `limit`; the time it waited,
+    /// or `None` when it never got quiet.
+    async fn until_quiet(&self, quiet: Duration, limit: Duration) -> Option<Duration> {
         let start = Instant::now();
         let (mut last, mut since) = (self.reconciles().await, Instant::now());
         while start.elapsed() < limit {
@@ -584,9 +597,10 @@ impl ControllerProc {
             if now != last {
                 (last, since) = (now, Instant::now());
             } else if since.elapsed() >= quiet {
-                return;
+                return Some(start.elapsed());
             }
         }
+        None
     }
 
     fn proc_status(&self) -> String {

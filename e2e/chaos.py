@@ -324,8 +324,10 @@ class Soak:
 
     def worker_argv(self, i):
         oracle = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        # Oldest free issue first: a freed issue's recovery then measures the lock, not
+        # the fairness of rendezvous order (which may let newer issues pass it).
         return [self.bin, "work", "-n", self.ns, "--identity", f"worker-{i}",
-                "--issues", self.feed_path, "--follow",
+                "--issues", self.feed_path, "--follow", "--order", "listed",
                 "--done-cmd", f"bash {HERE}/chaos-done.sh {oracle}", *HEARTBEAT,
                 "--", "bash", f"{HERE}/chaos-cmd.sh", oracle]
 

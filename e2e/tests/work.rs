@@ -361,6 +361,49 @@ async fn work_uses_one_lease_and_one_identity_lookup_for_200_issues() {
     assert!(locks_in(&client, &ns).await.is_empty());
 }
 
+/// A worker over a long list of mostly finished issues (as a `--follow` worker restarted
+/// late in a run) runs the done check of a finished issue once, and of an open one three
+/// times (on input, before and after taking its lock): before, each claim re-ran the
+/// checks of the finished issues ranked before its pick, one after the other.
+#[tokio::test]
+async fn work_checks_each_finished_issue_once() {
+    let client = client().await;
+    let ns = namespace(&client, "work-done-once").await;
+    let dir = Scratch::new("work-done-once");
+    let (n, finished) = (40, 30);
+    let list = write_list(&dir.0, n);
+    let fin = dir.0.join("fin");
+    std::fs::create_dir_all(&fin).unwrap();
+    for i in 0..finished {
+        std::fs::write(fin.join(i.to_string()), "").unwrap();
+    }
+    let checks = dir.0.join("checks");
+    let number = "n=${ISSUELOCK_ISSUE#org/repo#}";
+    let mut cmd = issuelock();
+    cmd.args(["work", "-n", &ns, "--identity", "w", "--issues"])
+        .arg(&list)
+        .arg("--done-cmd")
+        .arg(format!(
+            "{number}; echo $n >> {}; test -e {}/$n",
+            checks.display(),
+            fin.display()
+        ))
+        .args(FAST_HEARTBEAT)
+        .args(["--", "sh", "-c"])
+        .arg(format!("{number}; touch {}/$n", fin.display()));
+    let (code, stderr) = finish(WorkerProcess::spawn_command(cmd)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut count: HashMap<usize, usize> = HashMap::new();
+    for line in std::fs::read_to_string(&checks).unwrap().lines() {
+        *count.entry(line.parse().unwrap()).or_default() += 1;
+    }
+    for i in 0..n {
+        let want = if i < finished { 1 } else { 3 };
+        assert_eq!(count.get(&i), Some(&want), "done checks of #{i}: {count:?}");
+    }
+    assert!(locks_in(&client, &ns).await.is_empty());
+}
+
 #[tokio::test]
 async fn work_goes_on_after_a_lost_lock_and_stops_cleanly_on_sigterm() {
     let client = client().await;

@@ -127,16 +127,32 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
                 }
                 continue;
             }
+            // Candidates the done check calls finished leave the pending list whatever
+            // the claim's outcome: never checked again (a claim that takes a lock stops at
+            // it, and would otherwise re-check every finished key before it next time).
+            let mut finished = Vec::new();
             let claimed = async {
                 let mut changes = self.locks.lock_changes().await?;
                 changes.borrow_and_update();
+                let mut noting_done = async |key: &IssueKey| {
+                    let is_done = done(key).await?;
+                    if is_done {
+                        finished.push(key.clone());
+                    }
+                    Ok(is_done)
+                };
                 let claimed = self
                     .locks
-                    .claim_next_in(self.order, &self.pending, &mut *done)
+                    .claim_next_in(self.order, &self.pending, &mut noting_done)
                     .await?;
                 Ok::<_, Error>((changes, claimed))
             };
-            let (mut changes, claimed) = match claimed.await {
+            let claimed = claimed.await;
+            if !finished.is_empty() {
+                let finished: HashSet<IssueKey> = finished.into_iter().collect();
+                self.pending.retain(|k| !finished.contains(k));
+            }
+            let (mut changes, claimed) = match claimed {
                 // The API server is overloaded or unreachable for a moment: try again. A
                 // lasting outage ends in a lost heartbeat, which is not transient.
                 Err(e) if self.locks.may_succeed_later(&e) => {
@@ -153,9 +169,7 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
                     self.pending.retain(|k| k != guard.issue());
                     return Ok(Some(guard));
                 }
-                Claimed::Nothing { done: finished, .. } => {
-                    let finished: HashSet<IssueKey> = finished.into_iter().collect();
-                    self.pending.retain(|k| !finished.contains(k));
+                Claimed::Nothing { .. } => {
                     if self.pending.is_empty() {
                         continue;
                     }

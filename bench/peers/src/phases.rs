@@ -22,35 +22,8 @@ pub async fn latency<P: LockPeer>(
         let held = must_take(&peer, &format!("{run}/warmup/{i}")).await?;
         peer.release(held).await?;
     }
-    let acquired: Vec<(Duration, P::Held)> = futures::stream::iter(0..n)
-        .map(|i| {
-            let peer = &peer;
-            async move {
-                let t = Instant::now();
-                let held = must_take(peer, &format!("{run}/lat/{i}")).await?;
-                anyhow::Ok((t.elapsed(), held))
-            }
-        })
-        .buffer_unordered(c.max(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    let (acquire, held): (Vec<_>, Vec<_>) = acquired.into_iter().unzip();
-    let release: Vec<Duration> = futures::stream::iter(held)
-        .map(|h| {
-            let peer = &peer;
-            async move {
-                let t = Instant::now();
-                peer.release(h).await?;
-                anyhow::Ok(t.elapsed())
-            }
-        })
-        .buffer_unordered(c.max(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let issues: Vec<String> = (0..n).map(|i| format!("{run}/lat/{i}")).collect();
+    let (acquire, release) = batch(&peer, &issues, c).await?;
     peer.shutdown().await?;
     Ok((Latencies::new(acquire), Latencies::new(release)))
 }
