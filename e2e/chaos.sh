@@ -88,13 +88,23 @@ for (( j = 0; j < jobs; j++ )); do
   ( lane "$j" $(( first + j * per )) "$n" ) >"$dir/lane$j.log" 2>&1 &
   lanes+=("$!")
 done
-# Progress: each seed's line as its lane finishes it.
-tail -q -n +1 -F "$dir"/lane*.log 2>/dev/null | grep --line-buffered -E '^(chaos seed|  (SLOW|OVERLAP|STALE|NOT|LEAKED|WORKER))' &
-progress=$!
+# Progress: each seed's line (and what its checker reported) as its lane finishes it.
+touch "$dir/progress.shown"
+progress() {
+  grep -h -E '^(chaos seed|  (SLOW|OVERLAP|STALE|NOT|LEAKED|WORKER))' "$dir"/lane*.log 2>/dev/null | sort >"$dir/progress.new" || true
+  comm -13 "$dir/progress.shown" "$dir/progress.new" || true
+  mv "$dir/progress.new" "$dir/progress.shown"
+}
+while :; do
+  alive=0
+  for pid in "${lanes[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+  progress
+  (( alive )) || break
+  sleep 5
+done
 failed=0
 for pid in "${lanes[@]}"; do wait "$pid" || failed=1; done
 lanes=()
-kill "$progress" 2>/dev/null || true
 shopt -s nullglob
 results=("$dir"/results*.json)
 rc=0
