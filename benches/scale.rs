@@ -113,6 +113,7 @@ struct Row {
     restart: f64,
     restart_writes: f64,
     rss_mib: f64,
+    restart_rss_mib: f64,
     cpu_pct: f64,
     ctl_writes: f64,
     holder_writes: f64,
@@ -125,7 +126,7 @@ struct Row {
 impl Row {
     fn header() -> String {
         format!(
-            "| {} |\n|{}|",
+            "| {} |\n|{}",
             [
                 "controller",
                 "locks / holders",
@@ -133,6 +134,7 @@ impl Row {
                 "all judged after restart (s)",
                 "controller writes during restart",
                 "RSS (MiB)",
+                "RSS after restart (MiB)",
                 "CPU (% of a core)",
                 "controller writes/s",
                 "holder writes/s",
@@ -141,13 +143,13 @@ impl Row {
                 "live locks reclaimed",
             ]
             .join(" | "),
-            "---|".repeat(12)
+            "---|".repeat(13)
         )
     }
 
     fn line(&self) -> String {
         format!(
-            "| {} | {} / {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.2} | {:.1} | {:.2} ({} locks; {:.0}× floor) | {:.1} | {} |",
+            "| {} | {} / {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {:.1} | {:.2} ({} locks; {:.0}× floor) | {:.1} | {} |",
             self.label,
             self.locks,
             self.holders,
@@ -155,6 +157,7 @@ impl Row {
             self.restart,
             self.restart_writes,
             self.rss_mib,
+            self.restart_rss_mib,
             self.cpu_pct,
             self.ctl_writes,
             self.holder_writes,
@@ -242,6 +245,9 @@ async fn run_one(
     let mut ctl = ControllerProc::start(bin, ns);
     row.restart = ctl.until_all_judged(locks).await;
     row.restart_writes = api_writes(client, ns).await.controller - before.controller;
+    // Memory of a controller that only listed and judged (no first-start writes behind it).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    row.restart_rss_mib = ctl.rss_kib() as f64 / 1024.0;
     eprintln!(
         "   restart: all judged in {:.1}s, {} controller writes",
         row.restart, row.restart_writes

@@ -25,6 +25,7 @@ impl LockPeer for Issuelock {
         match self.locks.try_acquire(issue).await? {
             Acquisition::Acquired(guard) => Ok(Some(guard)),
             Acquisition::Held(_) => Ok(None),
+            _ => anyhow::bail!("an acquisition outcome this bench does not know"),
         }
     }
 
