@@ -709,15 +709,14 @@ def main():
     ap.add_argument("--print-schedule", action="store_true", help="print the schedule of --first-seed and exit")
     ap.add_argument("--results", help="also write the seeds' results to this JSON file")
     ap.add_argument("--summarize", nargs="+", metavar="RESULTS",
-                    help="run nothing: print the verdict over these --results files (parallel lanes)")
+                    help="run nothing: print the verdict over these --results files (parallel lanes; "
+                    "their seed lines were printed as the seeds ended)")
     a = ap.parse_args()
     if a.summarize:
         results = []
         for path in a.summarize:
             with open(path) as f:
                 results += json.load(f)
-        for r in sorted(results, key=lambda r: r["seed"]):
-            print(seed_line(r))
         return summarize(results, a)
     if a.print_schedule:
         ev, cw = schedule(a.first_seed, a.minutes, a.workers, a.profile)
@@ -796,6 +795,7 @@ def summarize(results, a):
           f"stale_writes_accepted={tot['stale']} not_exactly_once={tot['not_once']} "
           f"leaked={tot['leaked']} recovery_p99={p99:.2f}s", flush=True)
     return rc
+
 
 if __name__ == "__main__":
     sys.exit(main())
