@@ -20,6 +20,7 @@ Only the standard library is used.
 """
 
 import argparse
+import calendar
 import http.server
 import json
 import os
@@ -45,6 +46,11 @@ FAKETIME_LIBS = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
                  "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
                  "/usr/lib/faketime/libfaketime.so.1"]
 
+# e2e/node.sh's node address (--node): pods reach the oracle there.
+NODE_IP = "10.99.0.1"
+# Where chaos.sh installs the controller with Helm (--node).
+CONTROLLER_NS = "issuelock-system"
+CONTROLLER_LEASE = "issuelock-controller"
 # Faults that can delay a reclaim (see check()).
 CONTROL_PLANE_FAULTS = ("restart_apiserver", "restart_etcd", "api_outage", "kill_leader")
 # Least time between the end of a fault and the next one.
@@ -101,17 +107,25 @@ class Oracle:
         with self.mu:
             return self.writes.get(issue, 0) > 0
 
-    def holding(self):
-        """(worker, pid, issue) of commands between read and write, oldest first."""
+    def holding(self, since=None):
+        """(worker, pid, issue) of commands between read and write (that read after
+        `since`, when given)."""
         with self.mu:
-            return [(e["worker"], e["pid"], e["issue"]) for e in self.open.values()]
+            return [(e["worker"], e["pid"], e["issue"]) for e in self.open.values()
+                    if since is None or e["t"] >= since]
+
+    def forget(self, worker):
+        """Drops the worker's open reads: its commands were killed."""
+        with self.mu:
+            for pid in [p for p, e in self.open.items() if e["worker"] == worker]:
+                del self.open[pid]
 
     def completed(self, issues):
         with self.mu:
             return sum(1 for i in issues if self.writes.get(i, 0) > 0)
 
 
-def serve_oracle(oracle):
+def serve_oracle(oracle, host):
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *a):
             pass
@@ -123,10 +137,10 @@ def serve_oracle(oracle):
             code, body = 200, b"ok\n"
             try:
                 if u.path == "/read":
-                    r = oracle.read(issue, int(q["token"]), q.get("worker", "?"), int(q.get("pid", 0)))
+                    r = oracle.read(issue, int(q["token"]), q.get("worker", "?"), q.get("pid", "?"))
                     body = json.dumps(r).encode()
                 elif u.path == "/write":
-                    if not oracle.write(issue, int(q["token"]), q.get("worker", "?"), int(q.get("pid", 0))):
+                    if not oracle.write(issue, int(q["token"]), q.get("worker", "?"), q.get("pid", "?")):
                         code, body = 409, b"stale token\n"
                 elif u.path == "/done":
                     code = 200 if oracle.done(issue) else 404
@@ -142,7 +156,7 @@ def serve_oracle(oracle):
     class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         daemon_threads = True
 
-    srv = Server(("127.0.0.1", 0), Handler)
+    srv = Server((host, 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
 
@@ -224,6 +238,13 @@ KINDS = ["kill_holder", "pause_holder", "restart_apiserver", "restart_etcd", "ki
          "api_outage", "partition", "clock_jump"]
 WEIGHTS = {"kill_holder": 4, "pause_holder": 4, "restart_apiserver": 1, "restart_etcd": 1,
            "kill_leader": 1.5, "api_outage": 0.5, "partition": 1.5, "clock_jump": 1.5}
+# Worker pods (--node): kill_holder SIGKILLs the holder's container, pod_delete deletes its
+# pod (gracefully), pause_holder stops the container's `work`; partitions and clock jumps
+# stay with the process soak (libfaketime cannot reach a static binary).
+# Control-plane faults are rarer than in the process soak (which has them all), so that
+# most kills are isolated ones and the recovery bound is measured on pods too.
+NODE_WEIGHTS = {"kill_holder": 4, "pod_delete": 3, "pause_holder": 3, "restart_apiserver": 0.5,
+                "restart_etcd": 0.5, "kill_leader": 1, "api_outage": 0.3}
 
 
 def schedule(seed, minutes, workers, profile):
@@ -231,6 +252,8 @@ def schedule(seed, minutes, workers, profile):
     rng = random.Random(f"issuelock-chaos/{seed}/{profile}")
     if profile == "sensitivity":
         weights = {"kill_holder": 1, "pause_holder": 4}
+    elif profile == "node":
+        weights = NODE_WEIGHTS
     elif profile == "kills":
         weights = {"kill_holder": 4, "restart_apiserver": 1, "restart_etcd": 1, "kill_leader": 1}
     else:
@@ -251,7 +274,7 @@ def schedule(seed, minutes, workers, profile):
             lo, hi = (1.5, 3.0) if profile == "sensitivity" else (0.5, 3.0)
             ev["seconds"] = round(rng.uniform(lo, hi) * LEASE, 2)
             ev["pick"] = round(rng.random(), 4)
-        elif kind == "kill_holder":
+        elif kind in ("kill_holder", "pod_delete"):
             ev["pick"] = round(rng.random(), 4)
         elif kind == "api_outage":
             ev["seconds"] = 60
@@ -274,6 +297,10 @@ def schedule(seed, minutes, workers, profile):
 # ---------------------------------------------------------------- the soak
 
 class Soak:
+    """A seed's soak with worker and controller processes on this machine."""
+
+    ORACLE_HOST = "127.0.0.1"
+
     def __init__(self, args, seed, cp, binary, kubectl):
         self.args = args
         self.seed = seed
@@ -285,7 +312,7 @@ class Soak:
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(os.path.join(self.dir, "logs"))
         self.oracle = Oracle(fencing=not args.no_fencing)
-        self.srv = serve_oracle(self.oracle)
+        self.srv = serve_oracle(self.oracle, self.ORACLE_HOST)
         self.stopping = False
         self.procs = {}  # name -> Popen
         self.restarts = []  # (t, name, rc, seconds the process had run)
@@ -388,7 +415,7 @@ class Soak:
     # ----- nemesis
 
     def holder_pick(self, pick):
-        held = [(w, pid, issue) for (w, pid, issue) in self.oracle.holding() if alive(pid)]
+        held = [(w, pid, issue) for (w, pid, issue) in self.oracle.holding() if alive(int(pid))]
         if not held:
             return None
         held.sort()
@@ -509,16 +536,11 @@ class Soak:
             # at least MIN_GAP seconds after it.
             start = max(start, now() + MIN_GAP - (self.events[i + 1]["at"] if i + 1 < len(self.events) else 0))
 
-    # ----- run + check
+    # ----- the fleet
 
-    def run(self):
+    def start_fleet(self):
+        """Starts the controllers, the feeder (returned) and the workers."""
         a = self.args
-        log(f"seed {self.seed}: namespace {self.ns}, {a.workers} workers, {a.minutes} min, "
-            f"fencing {'off' if a.no_fencing else 'on'}, profile {a.profile}")
-        log(f"seed {self.seed}: nemesis schedule (from the seed alone; clock worker {self.clock_worker}):")
-        for i, ev in enumerate(self.events):
-            print(f"  #{i + 1:<3} {json.dumps(ev)}", flush=True)
-        self.kc("create", "namespace", self.ns)
         self.feed_path = os.path.join(self.dir, "issues.txt")
         open(self.feed_path, "w").close()
         self.clock_file = os.path.join(self.dir, "clock")
@@ -532,11 +554,37 @@ class Soak:
                 f.write(self.kubeconfig.replace(f"127.0.0.1:{self.api_port}", f"127.0.0.1:{px.port}"))
         for i in range(2):
             self.start(f"controller-{i}")
-        self.feeding_done = False
         feeder = threading.Thread(target=self.feed, daemon=True)
         feeder.start()
         for i in range(a.workers):
             self.start(f"worker-{i}")
+        return feeder
+
+    def stop_workers(self):
+        """SIGTERM to every worker (each releases what it holds), SIGKILL after 20 s."""
+        for name, p in list(self.procs.items()):
+            if name.startswith("worker-"):
+                try_kill(p.pid, signal.SIGTERM)
+        for name, p in list(self.procs.items()):
+            if name.startswith("worker-"):
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+
+    # ----- run + check
+
+    def run(self):
+        a = self.args
+        log(f"seed {self.seed}: namespace {self.ns}, {a.workers} workers, {a.minutes} min, "
+            f"fencing {'off' if a.no_fencing else 'on'}, profile {a.profile}")
+        log(f"seed {self.seed}: nemesis schedule (from the seed alone; clock worker {self.clock_worker}):")
+        for i, ev in enumerate(self.events):
+            print(f"  #{i + 1:<3} {json.dumps(ev)}", flush=True)
+        self.kc("create", "namespace", self.ns)
+        self.feeding_done = False
+        feeder = self.start_fleet()
         sup = threading.Thread(target=self.supervise, daemon=True)
         sup.start()
         start = now()
@@ -553,16 +601,7 @@ class Soak:
             time.sleep(0.5)
         self.stopping = True
         sup.join()
-        for name, p in list(self.procs.items()):
-            if name.startswith("worker-"):
-                try_kill(p.pid, signal.SIGTERM)
-        for name, p in list(self.procs.items()):
-            if name.startswith("worker-"):
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
+        self.stop_workers()
         # Quiescence: whatever killed holders left is reclaimed once their Leases expire, and
         # orphaned Leases are swept a little later (after an outage the controller starts
         # counting a Lease's age from when it sees it again). Leftovers are counted when
@@ -593,6 +632,231 @@ class Soak:
                      self.seed, self.windows)
 
 
+class NodeSoak(Soak):
+    """A seed's soak with worker pods on e2e/node.sh's node (--node): a Deployment of W
+    `issuelock work` pods of the example worker image, the controller installed with Helm
+    by chaos.sh, the oracle on the node's address (this process runs in the node's network
+    namespace). Holder faults hit pods: SIGKILL of the holder's container (the kubelet
+    restarts it), graceful deletion of its pod (the ReplicaSet replaces it), SIGSTOP of the
+    container's `work`; the leader kill SIGKILLs the leading controller's container."""
+
+    ORACLE_HOST = NODE_IP
+
+    def __init__(self, args, seed, cp, binary, kubectl):
+        super().__init__(args, seed, cp, binary, kubectl)
+        self.ctr = ["ctr", "--address", os.path.join(args.node, "containerd", "containerd.sock"),
+                    "--namespace", "k8s.io"]
+        self.pods = {}  # every worker pod seen -> its highest container restartCount
+        self.terminations = {}  # pod -> {finishedAt: (exit code, seconds run, finishedAt)}
+        self.deleted = set()
+
+    def start_fleet(self):
+        a = self.args
+        # The pods' hostPath volume: the scripts and the growing list of issues.
+        pod_dir = os.path.join(self.dir, "pod")
+        os.makedirs(pod_dir)
+        os.chmod(pod_dir, 0o755)
+        for src, dst in (("chaos-pod-cmd.sh", "cmd.sh"), ("chaos-pod-done.sh", "done.sh")):
+            shutil.copy(os.path.join(HERE, src), os.path.join(pod_dir, dst))
+        self.feed_path = os.path.join(pod_dir, "issues.txt")
+        open(self.feed_path, "w").close()
+        for f in os.listdir(pod_dir):
+            os.chmod(os.path.join(pod_dir, f), 0o644)
+        port = str(self.srv.server_address[1])
+        env = [{"name": n, "valueFrom": {"fieldRef": {"fieldPath": f}}}
+               for n, f in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"),
+                            ("POD_UID", "metadata.uid"))]
+        env += [{"name": n, "value": v} for n, v in (
+            ("ISSUELOCK_LEASE_DURATION_SECONDS", str(LEASE)),
+            ("ISSUELOCK_RENEW_DEADLINE_SECONDS", str(RENEW_DEADLINE)),
+            ("ISSUELOCK_RENEW_INTERVAL_SECONDS", "1"), ("CHAOS_SLEEP_MS", str(a.hold_ms)))]
+        labels = {"app.kubernetes.io/name": "chaos-worker"}
+        pod = {
+            "serviceAccountName": "chaos-worker", "terminationGracePeriodSeconds": 10,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532},
+            "containers": [{
+                "name": "worker", "image": a.worker_image, "imagePullPolicy": "Never",
+                "command": ["issuelock", "work", "--issues", "/chaos/issues.txt", "--follow",
+                            "--order", "listed", "--done-cmd", f"sh /chaos/done.sh {NODE_IP} {port}",
+                            "--", "sh", "/chaos/cmd.sh", NODE_IP, port],
+                "env": env,
+                "volumeMounts": [{"name": "chaos", "mountPath": "/chaos", "readOnly": True}],
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}}],
+            "volumes": [{"name": "chaos", "hostPath": {"path": pod_dir, "type": "Directory"}}]}
+        objects = [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "chaos-worker"}},
+            # The chart's worker role, as its `workers` value would grant it.
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "chaos-worker"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                         "name": "issuelock-worker"},
+             "subjects": [{"kind": "ServiceAccount", "name": "chaos-worker", "namespace": self.ns}]},
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "chaos-worker"},
+             "spec": {"replicas": a.workers, "selector": {"matchLabels": labels},
+                      "template": {"metadata": {"labels": labels}, "spec": pod}}}]
+        manifest = os.path.join(self.dir, "workers.json")
+        with open(manifest, "w") as f:
+            json.dump({"apiVersion": "v1", "kind": "List", "items": objects}, f, indent=1)
+        self.kc("apply", "-n", self.ns, "-f", manifest)
+        self.kc("rollout", "status", "deployment/chaos-worker", "-n", self.ns, "--timeout=180s",
+                timeout=200)
+        feeder = threading.Thread(target=self.feed, daemon=True)
+        feeder.start()
+        return feeder
+
+    def worker_pods(self):
+        """{pod: (container restartCount, its last termination or None)} of the worker pods,
+        None when the API server did not answer. A termination is (exit code, seconds the
+        container had run, finishedAt)."""
+        r = subprocess.run([self.kubectl, "get", "pods", "-n", self.ns, "-o", "json",
+                            "--request-timeout=10s"], capture_output=True, text=True, timeout=20,
+                           env={**os.environ, "KUBECONFIG": os.path.join(self.cp, "kubeconfig")})
+        if r.returncode != 0:
+            return None
+        out = {}
+        for p in json.loads(r.stdout)["items"]:
+            restarts, last = 0, None
+            for c in p.get("status", {}).get("containerStatuses", []):
+                restarts += c.get("restartCount", 0)
+                t = c.get("lastState", {}).get("terminated")
+                if t and t.get("startedAt") and t.get("finishedAt"):
+                    ran = (rfc3339(t["finishedAt"]) - rfc3339(t["startedAt"]))
+                    last = (t.get("exitCode"), ran, t["finishedAt"])
+            out[p["metadata"]["name"]] = (restarts, last)
+        return out
+
+    def observe(self, pods):
+        for name, (restarts, last) in pods.items():
+            self.pods[name] = max(self.pods.get(name, 0), restarts)
+            if last:
+                self.terminations.setdefault(name, {})[last[2]] = last
+
+    def supervise(self):
+        """The kubelet and the ReplicaSet restart workers here: this records every worker
+        pod, its container restarts and the terminations seen (a pod's last one, polled
+        every second), for the unplanned-restart count."""
+        while not self.stopping:
+            self.observe(self.worker_pods() or {})
+            time.sleep(1)
+
+    def stop_workers(self):
+        """Counts the restarts nobody planned, then scales the workers to 0: each pod gets
+        SIGTERM and its `work` releases what it holds. A container that ended after running
+        10 s or more, other than by SIGKILL (exit 137), is unplanned; restarts between two
+        polls (a crash loop while the API server is down) are not seen one by one and count
+        as starts that failed at once, like the process soak's."""
+        final = None
+        for _ in range(30):
+            final = self.worker_pods()
+            if final is not None:
+                break
+            time.sleep(1)
+        final = final or {}
+        self.observe(final)
+        for name in sorted(self.pods):
+            for code, ran, finished in sorted(self.terminations.get(name, {}).values(), key=lambda x: x[2]):
+                if code != 137 and ran >= 10:
+                    self.restarts.append((now(), name, f"exit {code} at {finished}", ran))
+            if name not in final and name not in self.deleted:
+                self.restarts.append((now(), name, "the pod's disappearance", 999))
+        self.save_logs(final)
+        self.kc("scale", "deployment/chaos-worker", "-n", self.ns, "--replicas=0")
+        deadline = now() + 60
+        while now() < deadline and self.worker_pods() != {}:
+            time.sleep(1)
+
+    def save_logs(self, pods):
+        """The surviving worker pods' logs (also of their killed containers) and the
+        controllers', into the seed's logs/ (a deleted pod's logs go with it)."""
+        logs = os.path.join(self.dir, "logs")
+        for pod, (restarts, _) in pods.items():
+            for previous in ([False, True] if restarts else [False]):
+                out = self.kc("logs", pod, "-n", self.ns, *(["--previous"] if previous else []),
+                              check=False, timeout=30)
+                with open(os.path.join(logs, f"{pod}{'.previous' if previous else ''}.log"), "w") as f:
+                    f.write(out)
+        out = self.kc("logs", "-n", CONTROLLER_NS, "-l", "app.kubernetes.io/name=issuelock",
+                      "--prefix", "--tail=-1", check=False, timeout=30)
+        with open(os.path.join(logs, "controllers.log"), "w") as f:
+            f.write(out)
+
+    def holder_pick(self, pick):
+        # A read more than 10 s old is of a command that ended without writing (the pod
+        # got a fresh pid namespace since, say): the commands sleep 2.25 s at most.
+        held = sorted(self.oracle.holding(since=now() - 10))
+        if not held:
+            return None
+        return held[int(pick * len(held)) % len(held)]
+
+    def container(self, ns, pod):
+        """(containerd id, host pid) of the pod's running container."""
+        cid = self.kc("get", "pod", pod, "-n", ns, "-o",
+                      "jsonpath={.status.containerStatuses[0].containerID}", timeout=15).strip()
+        cid = cid.split("://", 1)[-1]
+        tasks = subprocess.run([*self.ctr, "tasks", "ls"], capture_output=True, text=True,
+                               timeout=15, check=True).stdout.split("\n")[1:]
+        for line in tasks:
+            f = line.split()
+            if len(f) == 3 and f[0] == cid and f[2] == "RUNNING":
+                return cid, int(f[1])
+        raise RuntimeError(f"no running container for pod {ns}/{pod}")
+
+    def ctr_kill(self, cid):
+        subprocess.run([*self.ctr, "tasks", "kill", "-s", "SIGKILL", cid], capture_output=True,
+                       timeout=15, check=True)
+
+    def leader(self):
+        out = self.kc("get", "lease", CONTROLLER_LEASE, "-n", CONTROLLER_NS, "-o",
+                      "jsonpath={.spec.holderIdentity}", check=False, timeout=10)
+        return out.strip()
+
+    def inject(self, ev):
+        kind = ev["kind"]
+        if kind in ("kill_holder", "pause_holder", "pod_delete"):
+            h = None
+            for _ in range(50):
+                h = self.holder_pick(ev["pick"])
+                if h:
+                    break
+                time.sleep(0.1)
+            if not h:
+                return "no holder found"
+            pod, _pid, issue = h
+            if kind == "pod_delete":
+                self.deaths.append((now(), issue))
+                self.deleted.add(pod)
+                self.kc("delete", "pod", pod, "-n", self.ns, "--wait=false")
+                self.oracle.forget(pod)
+                return f"deleted pod {pod} holding {issue}"
+            cid, pid = self.container(self.ns, pod)
+            if kind == "kill_holder":
+                self.deaths.append((now(), issue))
+                self.ctr_kill(cid)
+                self.oracle.forget(pod)
+                self.restarts.append((now(), pod, -9, 999))
+                return f"SIGKILL container of {pod} (pid {pid}) holding {issue}"
+            try_kill(pid, signal.SIGSTOP)
+            time.sleep(ev["seconds"])
+            try_kill(pid, signal.SIGCONT)
+            return f"SIGSTOP `work` of {pod} (pid {pid}) holding {issue} for {ev['seconds']}s"
+        if kind == "kill_leader":
+            leader = self.leader()  # the pod's name and a suffix of the replica
+            pods = self.kc("get", "pods", "-n", CONTROLLER_NS, "-o", "name", timeout=15).split()
+            pod = next((p.split("/", 1)[1] for p in pods if leader.startswith(p.split("/", 1)[1])), None)
+            if pod is None:
+                return f"leader {leader!r} not found"
+            cid, _ = self.container(CONTROLLER_NS, pod)
+            self.ctr_kill(cid)
+            return f"SIGKILL container of controller leader {pod}"
+        return super().inject(ev)
+
+
+def rfc3339(stamp):
+    """Seconds since the epoch of a Kubernetes timestamp (2026-11-29T01:22:13Z)."""
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+
 def alive(pid):
     try:
         os.kill(pid, 0)
@@ -613,6 +877,11 @@ def pct(xs, p):
         return 0.0
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1) + 0.4999)))]
+
+
+def is_worker(name):
+    """A worker process (worker-N) or pod (chaos-worker-...), not a controller."""
+    return name.startswith(("worker-", "chaos-worker-"))
 
 
 def check(history, fed, leftovers, deaths, restarts, seed, windows):
@@ -644,27 +913,28 @@ def check(history, fed, leftovers, deaths, restarts, seed, windows):
         if e["op"] == "read" or e.get("accepted"):
             seen[e["issue"]] = max(hi, e["token"])
     not_once = [(i, accepted.get(i, 0)) for i in fed if accepted.get(i, 0) != 1]
-    recovery = []
+    # (time, issue, seconds to the next acquire) of each death that left its issue to
+    # recover: a holder whose write had landed before it died left nothing to recover.
+    recovered = []
     for t, issue in deaths:
         nxt = [e["t"] for e in history if e["op"] == "read" and e["issue"] == issue and e["t"] > t]
         if nxt:
-            recovery.append(min(nxt) - t)
-        elif accepted.get(issue):
-            pass  # the killed holder's write had landed: nothing to recover
-        else:
-            recovery.append(float("inf"))
+            recovered.append((t, issue, min(nxt) - t))
+        elif not accepted.get(issue):
+            recovered.append((t, issue, float("inf")))
     # A kill is isolated when no fault of the control plane (API server, etcd, leading
     # controller) was under way from LEASE + 3 s before it to LEASE + 3 s after it: the
     # recovery bound applies to those. The others (a kill right after an API server
     # restart, say) must recover too, and are reported apart. Faults of other workers
     # (kills, pauses, partitions, clock jumps) leave the controller's judgement alone.
-    isolated = []
-    for (t, issue), r in zip(deaths, recovery):
+    recovery, isolated = [], []
+    for t, issue, r in recovered:
         alone = not any(b - (LEASE + 3) < t < e + (LEASE + 3) for b, e, k in windows
                         if k in CONTROL_PLANE_FAULTS)
+        recovery.append(r)
         isolated.append(alone)
         if r > LEASE + 3:
-            print(f"  SLOW RECOVERY {issue}: holder SIGKILLed at {t:.2f}, next acquire {r:.2f}s "
+            print(f"  SLOW RECOVERY {issue}: holder killed at {t:.2f}, next acquire {r:.2f}s "
                   f"later ({'isolated kill' if alone else 'other faults around it'})")
     for o in overlaps[:10]:
         print(f"  OVERLAP {o[0]}: read {o[1][0]:.2f}..write {o[1][1]:.2f} (token {o[1][3]}) "
@@ -677,7 +947,7 @@ def check(history, fed, leftovers, deaths, restarts, seed, windows):
         print(f"  LEAKED {x}")
     # A worker must survive every fault but a SIGKILL of itself: an exit of one that had
     # been running (not a restart failing to start, say during an outage) is a violation.
-    unplanned = [r for r in restarts if r[1].startswith("worker-") and r[2] != -9 and r[3] >= 10]
+    unplanned = [r for r in restarts if is_worker(r[1]) and r[2] != -9 and r[3] >= 10]
     for t, name, rc, ran in unplanned[:10]:
         print(f"  WORKER RESTART {name}: exited with {rc} at {t:.2f} after running {ran:.1f}s")
     return {"seed": seed, "overlaps": len(overlaps), "stale": len(stale), "not_once": len(not_once),
@@ -685,8 +955,8 @@ def check(history, fed, leftovers, deaths, restarts, seed, windows):
             "recovery": [r for r, a in zip(recovery, isolated) if a],
             "recovery_compound": [r for r, a in zip(recovery, isolated) if not a],
             "writes": sum(accepted.values()),
-            "restarts": len([r for r in restarts if r[1].startswith("worker-")]),
-            "killed": len([r for r in restarts if r[1].startswith("worker-") and r[2] == -9]),
+            "restarts": len([r for r in restarts if is_worker(r[1])]),
+            "killed": len([r for r in restarts if is_worker(r[1]) and r[2] == -9]),
             "unplanned": len(unplanned)}
 
 
@@ -698,7 +968,12 @@ def main():
     ap.add_argument("--workers", type=int, default=5)
     ap.add_argument("--hold-ms", type=int, default=1500, help="mean sleep between read and write")
     ap.add_argument("--no-fencing", action="store_true")
-    ap.add_argument("--profile", choices=["all", "kills", "sensitivity"], default="all")
+    ap.add_argument("--profile", choices=["all", "kills", "sensitivity", "node"], default=None,
+                    help="the faults drawn (default: all; node with --node)")
+    ap.add_argument("--node", metavar="DIR",
+                    help="workers as pods on this running e2e/node.sh node (run in its network "
+                    "namespace; the controller installed with Helm in issuelock-system)")
+    ap.add_argument("--worker-image", help="the example worker image's name (--node)")
     ap.add_argument("--expect-violations", action="store_true",
                     help="exit 0 only when the checker reports a violation (sensitivity)")
     ap.add_argument("--drain-seconds", type=float, default=180)
@@ -712,6 +987,9 @@ def main():
                     help="run nothing: print the verdict over these --results files (parallel lanes; "
                     "their seed lines were printed as the seeds ended)")
     a = ap.parse_args()
+    a.profile = a.profile or ("node" if a.node else "all")
+    if a.node and not a.worker_image:
+        ap.error("--node needs --worker-image")
     if a.summarize:
         results = []
         for path in a.summarize:
@@ -740,7 +1018,7 @@ def main():
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)
     for seed in range(a.first_seed, a.first_seed + a.seeds):
-        soak = Soak(a, seed, a.controlplane, a.bin, a.kubectl)
+        soak = (NodeSoak if a.node else Soak)(a, seed, a.controlplane, a.bin, a.kubectl)
         current[:] = [soak]
         r = soak.run()
         results.append(r)

@@ -4,8 +4,12 @@
 # e2e/chaos.py with the arguments given (see `e2e/chaos.py --help`). Clock jumps need
 # libfaketime: installed from Debian's `faketime` package when missing and running as root
 # (skipped, and said so, otherwise). The last line is the checker's summary.
+# With --node (root): the workers are pods of the example worker image on a single-node
+# cluster of its own (e2e/node.sh), the controller is installed with Helm, and the holder
+# faults hit pods and containers (e2e/chaos.py's NodeSoak); one lane (one kubelet per machine).
 #   bash e2e/chaos.sh --seeds 3 --minutes 5
-#   bash e2e/chaos.sh --print-schedule --first-seed 7 --minutes 5
+#   bash e2e/chaos.sh --node --seeds 3 --minutes 5
+#   bash e2e/chaos.sh --print-schedule --first-seed 7 --minutes 5 [--profile node]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/issuelock/target}"
@@ -32,9 +36,10 @@ bin="$CARGO_TARGET_DIR/debug/issuelock"
 
 # --jobs J runs the seeds in J lanes at once, each on a control plane of its own (the
 # seeds are split into J runs of consecutive seeds); the verdict is over all of them.
-jobs=1 seeds=1 first=1 args=()
+jobs=1 seeds=1 first=1 node=0 args=()
 while (( $# )); do
   case "$1" in
+    --node) node=1; shift ;;
     --jobs) jobs="$2"; shift 2 ;;
     --seeds) seeds="$2"; shift 2 ;;
     --first-seed) first="$2"; shift 2 ;;
@@ -43,15 +48,39 @@ while (( $# )); do
 done
 (( jobs >= 1 && seeds >= 1 )) || { log "error: --jobs and --seeds must be at least 1"; exit 2; }
 (( jobs <= seeds )) || jobs="$seeds"
+if (( node )); then
+  (( jobs == 1 )) || { log "error: --node runs one lane (one kubelet per machine)"; exit 2; }
+  bash e2e/node.sh prereqs
+  # The images before the node: their build may need the network, the node has none.
+  controller_image="$(bash e2e/image.sh controller | tail -n1)"
+  worker_image="$(bash e2e/image.sh worker | tail -n1)"
+fi
 
 dir="$(mktemp -d "${TMPDIR:-/tmp}/issuelock-chaos.XXXXXX")"
 keep="${CHAOS_KEEP:-}"
 lanes=()
+census_before=""
 cleanup() {
+  local rc=$?
   for pid in "${lanes[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   for cp in "$dir"/cp*; do [[ -d "$cp" ]] && { bash e2e/controlplane.sh down "$cp" >/dev/null 2>&1 || true; }; done
+  if [[ -d "$dir/node" ]]; then
+    bash e2e/node.sh down "$dir/node" >/dev/null 2>&1 || rc=1
+  fi
+  # The node lane must leave the machine as it found it (mounts, netns, links, iptables
+  # rules, cgroups, node processes), as the node tier's teardown does.
+  if [[ -n "$census_before" ]]; then
+    local after
+    after="$(bash e2e/node.sh census)"
+    if [[ "$census_before" != "$after" ]]; then
+      log "error: the node's teardown left something behind (before → after):"
+      diff <(echo "$census_before") <(echo "$after") >&2 || true
+      rc=1
+    fi
+  fi
   [[ -n "$keep" ]] || rm -rf "$dir"
+  exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -72,6 +101,31 @@ lane() {
   exec python3 -u e2e/chaos.py --controlplane "$cp" --bin "$bin" --kubectl "$(command -v kubectl)" \
     --workdir "$dir/runs" --first-seed "$2" --seeds "$3" --results "$dir/results$j.json" "${args[@]}"
 }
+
+# The node lane: a single-node cluster, the controller from the chart (leader election
+# timed like the process lane's), then the seeds with worker pods.
+node_lane() {
+  bash e2e/node.sh up "$dir/node"
+  # shellcheck disable=SC1091
+  source "$dir/node/env"
+  bash e2e/node.sh import "$dir/node" "$controller_image" "$worker_image"
+  local in_node=(nsenter --net="$ISSUELOCK_NODE_NETNS")
+  log "helm install issuelock charts/issuelock -n issuelock-system"
+  "${in_node[@]}" helm install issuelock charts/issuelock -n issuelock-system --create-namespace \
+    --set image.pullPolicy=Never --set controller.leaderElection.leaseDurationSeconds=6 \
+    --set controller.leaderElection.renewDeadlineSeconds=4 --wait --timeout 240s >/dev/null
+  exec "${in_node[@]}" python3 -u e2e/chaos.py --node "$dir/node" --controlplane "$dir/node/cp" \
+    --worker-image "$(bash e2e/image.sh name worker)" --bin "$bin" --kubectl "$(command -v kubectl)" \
+    --workdir "$dir/runs" --first-seed "$1" --seeds "$2" --results "$dir/results0.json" "${args[@]}"
+}
+
+if (( node )); then
+  census_before="$(bash e2e/node.sh census)"
+  rc=0
+  ( node_lane "$first" "$seeds" ) || rc=$?
+  (( rc == 0 )) || keep=1
+  exit "$rc"
+fi
 
 if (( jobs == 1 )); then
   rc=0

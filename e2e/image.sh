@@ -7,6 +7,7 @@
 #                               (the Dockerfile's layout)
 #   e2e/image.sh worker         the example worker image ghcr.io/issuelock/example-worker:<version>:
 #                               /issuelock plus a static busybox as /bin/sh (examples/worker)
+#   e2e/image.sh name controller|worker   print the image's name (builds nothing)
 #   e2e/image.sh layout ROOTFS NAME ARCHIVE [umoci config flags...]
 #                               any directory as a one-layer image
 #
@@ -39,6 +40,15 @@ need() {
 
 version() {
   sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n1
+}
+
+# controller|worker: the image's name.
+image_name() {
+  case "$1" in
+    controller) echo "ghcr.io/issuelock/issuelock:$(version)" ;;
+    worker) echo "ghcr.io/issuelock/example-worker:$(version)" ;;
+    *) die "no image $1 (controller or worker)" ;;
+  esac
 }
 
 # ROOTFS NAME ARCHIVE [umoci config flags]: one layer holding ROOTFS's files (owned by root).
@@ -97,7 +107,7 @@ controller() {
   mkdir -p "$CACHE/images"
   scratch_dir rootfs
   install -m 0755 "$bin" "$rootfs/issuelock"
-  cached_image "ghcr.io/issuelock/issuelock:$v" "$CACHE/images/issuelock-$v.tar" "$rootfs" \
+  cached_image "$(image_name controller)" "$CACHE/images/issuelock-$v.tar" "$rootfs" \
     --config.user 65532:65532 --config.entrypoint /issuelock --config.cmd controller
 }
 
@@ -117,13 +127,14 @@ worker() {
   for applet in sh echo cat sleep date id touch test [ printf ls grep mkdir rm shuf kill wget; do
     ln -s busybox "$rootfs/bin/$applet"
   done
-  cached_image "ghcr.io/issuelock/example-worker:$v" "$CACHE/images/example-worker-$v.tar" "$rootfs" \
+  cached_image "$(image_name worker)" "$CACHE/images/example-worker-$v.tar" "$rootfs" \
     --config.user 65532:65532 --config.env PATH=/usr/local/bin:/bin --config.entrypoint /bin/sh
 }
 
 case "${1:-controller}" in
   controller) controller ;;
   worker) worker ;;
+  name) image_name "${2:-}" ;;
   layout) shift; [[ $# -ge 3 ]] || die "usage: $0 layout ROOTFS NAME ARCHIVE [umoci config flags]"; layout "$@" ;;
-  *) die "usage: $0 [controller|worker|layout ROOTFS NAME ARCHIVE ...]" ;;
+  *) die "usage: $0 [controller|worker|name controller|worker|layout ROOTFS NAME ARCHIVE ...]" ;;
 esac

@@ -333,6 +333,18 @@ pub async fn lock_client(
     args: HolderArgs,
     max_hold: Option<Duration>,
 ) -> Result<LockClient, Error> {
+    lock_client_as(args, max_hold, None).await
+}
+
+/// Builds a lock client like [`lock_client`]; with `previous` (the holder a former client
+/// of this process recorded), records the same user and pod instead of asking the API
+/// server again: a server just back from an outage may not authenticate or authorize the
+/// question yet, and the answer cannot have changed.
+pub async fn lock_client_as(
+    args: HolderArgs,
+    max_hold: Option<Duration>,
+    previous: Option<&crate::crd::Holder>,
+) -> Result<LockClient, Error> {
     let HolderArgs {
         namespace,
         identity,
@@ -351,7 +363,11 @@ pub async fn lock_client(
         renew_interval_seconds,
     )?;
     let client = kube_client().await?;
-    let me = HolderIdentity::from_env(identity);
+    let mut me = HolderIdentity::from_env(identity);
+    let user = previous.and_then(|p| p.user.clone());
+    if let Some(pod) = previous.and_then(|p| p.pod.clone()) {
+        me.pod = Some(pod);
+    }
     let namespace = namespace
         .or_else(|| me.pod_namespace.clone())
         .unwrap_or_else(|| client.default_namespace().to_owned());
@@ -361,7 +377,7 @@ pub async fn lock_client(
         LockConfig {
             namespace,
             identity: me,
-            user: None,
+            user,
             max_hold,
             call_timeout,
             heartbeat,

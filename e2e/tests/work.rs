@@ -529,6 +529,84 @@ async fn work_resumes_with_a_new_heartbeat_after_losing_its_heartbeat() {
 }
 
 #[tokio::test]
+async fn work_resuming_after_a_lost_heartbeat_waits_out_a_brief_permission_denial() {
+    let client = client().await;
+    let ns = namespace(&client, "work-resume-rbac").await;
+    let dir = Scratch::new("work-resume-rbac");
+    kubectl_ok(&["create", "serviceaccount", "w", "-n", &ns]);
+    kubectl_ok(&[
+        "create",
+        "role",
+        "worker",
+        "-n",
+        &ns,
+        "--verb=get,list,watch,create,update,patch,delete",
+        "--resource=leases.coordination.k8s.io,issuelocks.issuelock.dev",
+    ]);
+    let bind = || {
+        kubectl_ok(&[
+            "create",
+            "rolebinding",
+            "worker",
+            "-n",
+            &ns,
+            "--role=worker",
+            &format!("--serviceaccount={ns}:w"),
+        ])
+    };
+    bind();
+    let token = kubectl_ok(&["create", "token", "w", "-n", &ns, "--duration=10m"]);
+    let kc = token_kubeconfig(&dir.0, token.trim());
+    let list = dir.0.join("issues.txt");
+    std::fs::write(&list, "org/repo#a\norg/repo#b\n").unwrap();
+    let mut cmd = work_in_listed_order(&ns, &list);
+    cmd.env("KUBECONFIG", &kc)
+        .args(FAST_HEARTBEAT)
+        .args(["--", "sleep", "300"]);
+    let mut worker = WorkerProcess::spawn_command(cmd);
+    wait_taken(&client, &ns, "org/repo#a").await;
+    let user = format!("system:serviceaccount:{ns}:w");
+    let recorded_user = |lease: &str| {
+        kubectl_ok(&[
+            "get",
+            lease,
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.annotations.issuelock\\.dev/holder-user}",
+        ])
+    };
+    let first = heartbeat_leases(&ns);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(recorded_user(&first[0]), user);
+    // The API server refuses the worker for a while, as one just back from an outage does
+    // until its caches are filled: renewals fail (the heartbeat is lost), and so does the
+    // new Lease. `work` waits it out instead of exiting.
+    kubectl_ok(&["delete", "rolebinding", "worker", "-n", &ns]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        worker.is_running(),
+        "work exited on a brief permission denial"
+    );
+    bind();
+    wait_taken(&client, &ns, "org/repo#b").await;
+    let second: Vec<String> = heartbeat_leases(&ns)
+        .into_iter()
+        .filter(|l| !first.contains(l))
+        .collect();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(recorded_user(&second[0]), user, "the same user recorded");
+    worker.signal("TERM");
+    let (code, stderr) = finish(worker).await;
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(
+        stderr.contains("permission denied while trying to create heartbeat lease"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("heartbeat back; resuming"), "{stderr}");
+}
+
+#[tokio::test]
 async fn claim_takes_one_free_issue_and_says_when_all_are_held_or_done() {
     let client = client().await;
     let ns = namespace(&client, "claim").await;

@@ -7,7 +7,7 @@
 //! of its own locks), however many issues it processes.
 
 use super::run::{ForwardedSignals, Held, run_held, signal_exit};
-use super::{EXIT_HELD, EXIT_LOST, HoldArgs, lock_client};
+use super::{EXIT_HELD, EXIT_LOST, HoldArgs, lock_client, lock_client_as};
 use crate::error::Error;
 use crate::key::IssueKey;
 use crate::lock::{Claimed, LockClient, Worker};
@@ -232,7 +232,8 @@ pub(super) async fn work(args: WorkArgs) -> Result<ExitCode, Error> {
             // client is lost and its command stopped. Resume on a new client (a new
             // Lease) once the API server answers again.
             Err(Error::HeartbeatUnhealthy) if locks.is_heartbeat_lost() => {
-                match resume(&args, prepared.max_hold, &mut signals).await {
+                let previous = locks.holder().clone();
+                match resume(&args, prepared.max_hold, &previous, &mut signals).await {
                     Ok(fresh) => {
                         let old = std::mem::replace(&mut locks, fresh);
                         worker.set_client(locks.clone());
@@ -283,14 +284,23 @@ pub(super) async fn work(args: WorkArgs) -> Result<ExitCode, Error> {
     }
 }
 
-/// A new lock client for `work` after its heartbeat was lost, retried (0.5 s doubling to
-/// 10 s) while the API server is unreachable or overloaded. `Err` ends `work`: a signal
-/// (with its exit code) or an error that waiting does not cure.
+/// How long `work` retries a permission or credentials error when it resumes after a lost
+/// heartbeat: the same identity was allowed before, and an API server just back from an
+/// outage denies requests until its caches (ServiceAccount tokens, RBAC, admission
+/// policies) are filled.
+const RESUME_PERMISSION_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A new lock client for `work` after its heartbeat was lost, recording the same user and
+/// pod as `previous`, retried (0.5 s doubling to 10 s) while the API server is unreachable
+/// or overloaded, and for [`RESUME_PERMISSION_PATIENCE`] while it refuses us. `Err`
+/// ends `work`: a signal (with its exit code) or an error that waiting does not cure.
 async fn resume(
     args: &WorkArgs,
     max_hold: Option<Duration>,
+    previous: &crate::crd::Holder,
     signals: &mut ForwardedSignals,
 ) -> Result<LockClient, Result<Option<u8>, Error>> {
+    let began = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(500);
     eprintln!(
         "issuelock: heartbeat lost; resuming with a new heartbeat once the API server answers"
@@ -299,14 +309,18 @@ async fn resume(
         let attempt = tokio::select! {
             biased;
             sig = signals.recv() => return Err(Ok(Some(signal_code(sig)))),
-            attempt = lock_client(args.hold.holder.clone(), max_hold) => attempt,
+            attempt = lock_client_as(args.hold.holder.clone(), max_hold, Some(previous)) => attempt,
         };
         match attempt {
             Ok(locks) => {
                 eprintln!("issuelock: heartbeat back; resuming");
                 return Ok(locks);
             }
-            Err(e) if e.is_transient() => {
+            Err(e)
+                if e.is_transient()
+                    || (matches!(e, Error::Forbidden { .. } | Error::Unauthorized { .. })
+                        && began.elapsed() < RESUME_PERMISSION_PATIENCE) =>
+            {
                 tracing::warn!(error = %e.chain(), retry_in = ?backoff, "starting a new heartbeat failed; retrying");
                 tokio::select! {
                     biased;

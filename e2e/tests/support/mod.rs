@@ -593,6 +593,13 @@ impl WorkerProcess {
         signal_group(self.pgid, sig);
     }
 
+    /// True while the worker has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
     /// Waits for the worker to exit; returns its exit code and stderr.
     pub fn wait(mut self) -> (Option<i32>, String) {
         let out = self.child.take().unwrap().wait_with_output().unwrap();
