@@ -647,7 +647,7 @@ class NodeSoak(Soak):
         self.ctr = ["ctr", "--address", os.path.join(args.node, "containerd", "containerd.sock"),
                     "--namespace", "k8s.io"]
         self.pods = {}  # every worker pod seen -> its highest container restartCount
-        self.terminations = {}  # pod -> {finishedAt: (exit code, seconds run, finishedAt)}
+        self.terminations = {}  # pod -> {finishedAt: (exit code, seconds run, finishedAt, log end)}
         self.deleted = set()
 
     def start_fleet(self):
@@ -676,6 +676,9 @@ class NodeSoak(Soak):
             "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532},
             "containers": [{
                 "name": "worker", "image": a.worker_image, "imagePullPolicy": "Never",
+                # The end of its log in the pod's status: why a container ended, also when
+                # its log is gone (the kubelet keeps the previous container's only).
+                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "command": ["issuelock", "work", "--issues", "/chaos/issues.txt", "--follow",
                             "--order", "listed", "--done-cmd", f"sh /chaos/done.sh {NODE_IP} {port}",
                             "--", "sh", "/chaos/cmd.sh", NODE_IP, port],
@@ -708,7 +711,7 @@ class NodeSoak(Soak):
     def worker_pods(self):
         """{pod: (container restartCount, its last termination or None)} of the worker pods,
         None when the API server did not answer. A termination is (exit code, seconds the
-        container had run, finishedAt)."""
+        container had run, finishedAt, the end of its log when it failed)."""
         r = subprocess.run([self.kubectl, "get", "pods", "-n", self.ns, "-o", "json",
                             "--request-timeout=10s"], capture_output=True, text=True, timeout=20,
                            env={**os.environ, "KUBECONFIG": os.path.join(self.cp, "kubeconfig")})
@@ -722,7 +725,7 @@ class NodeSoak(Soak):
                 t = c.get("lastState", {}).get("terminated")
                 if t and t.get("startedAt") and t.get("finishedAt"):
                     ran = (rfc3339(t["finishedAt"]) - rfc3339(t["startedAt"]))
-                    last = (t.get("exitCode"), ran, t["finishedAt"])
+                    last = (t.get("exitCode"), ran, t["finishedAt"], t.get("message", ""))
             out[p["metadata"]["name"]] = (restarts, last)
         return out
 
@@ -755,9 +758,14 @@ class NodeSoak(Soak):
         final = final or {}
         self.observe(final)
         for name in sorted(self.pods):
-            for code, ran, finished in sorted(self.terminations.get(name, {}).values(), key=lambda x: x[2]):
+            for code, ran, finished, message in sorted(self.terminations.get(name, {}).values(),
+                                                       key=lambda x: x[2]):
                 if code != 137 and ran >= 10:
                     self.restarts.append((now(), name, f"exit {code} at {finished}", ran))
+                    with open(os.path.join(self.dir, "logs", f"{name}.exit-{finished}.log"), "w") as f:
+                        f.write(message)
+                    tail = [x for x in message.splitlines() if x.strip()][-1:] or ["(no log)"]
+                    log(f"{name} ended unplanned (exit {code} after {ran:.0f}s): {tail[0][:300]}")
             if name not in final and name not in self.deleted:
                 self.restarts.append((now(), name, "the pod's disappearance", 999))
         self.save_logs(final)

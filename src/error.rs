@@ -3,6 +3,12 @@
 
 use crate::key::InvalidKey;
 
+/// How long a long-running worker retries, on a call that succeeded before in the same
+/// process, what an API server says while it starts (after an outage, say): see
+/// [`Error::may_pass_after_restart`]. Longer, or on a call that never succeeded, it is a
+/// misconfiguration.
+pub const RESTART_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Everything that can go wrong taking, holding or giving back a lock.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -127,6 +133,19 @@ impl Error {
             Error::Config(_) => "config",
             Error::Api { .. } => "api",
         }
+    }
+
+    /// True for what a kube-apiserver just started says until its caches are filled, about
+    /// calls it allowed before: 401 and 403 (ServiceAccount tokens, RBAC, admission
+    /// policies), 404 for the namespace or the CRD. See [`RESTART_PATIENCE`].
+    pub fn may_pass_after_restart(&self) -> bool {
+        matches!(
+            self,
+            Error::Forbidden { .. }
+                | Error::Unauthorized { .. }
+                | Error::NamespaceNotFound { .. }
+                | Error::CrdNotInstalled
+        )
     }
 
     /// True when retrying the same call later may succeed (transport trouble, 429, 5xx).

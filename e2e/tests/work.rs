@@ -607,6 +607,87 @@ async fn work_resuming_after_a_lost_heartbeat_waits_out_a_brief_permission_denia
 }
 
 #[tokio::test]
+async fn work_waits_out_a_brief_refusal_of_its_claims() {
+    let client = client().await;
+    let ns = namespace(&client, "work-refused").await;
+    let dir = Scratch::new("work-refused");
+    kubectl_ok(&["create", "serviceaccount", "w", "-n", &ns]);
+    for (role, resource) in [
+        ("heartbeat", "leases.coordination.k8s.io"),
+        ("locks", "issuelocks.issuelock.dev"),
+    ] {
+        kubectl_ok(&[
+            "create",
+            "role",
+            role,
+            "-n",
+            &ns,
+            "--verb=get,list,watch,create,update,patch,delete",
+            &format!("--resource={resource}"),
+        ]);
+    }
+    let bind = |role: &str| {
+        kubectl_ok(&[
+            "create",
+            "rolebinding",
+            role,
+            "-n",
+            &ns,
+            &format!("--role={role}"),
+            &format!("--serviceaccount={ns}:w"),
+        ])
+    };
+    bind("heartbeat");
+    bind("locks");
+    let token = kubectl_ok(&["create", "token", "w", "-n", &ns, "--duration=10m"]);
+    let kc = token_kubeconfig(&dir.0, token.trim());
+    let (list, done) = (dir.0.join("issues.txt"), dir.0.join("done"));
+    std::fs::create_dir_all(&done).unwrap();
+    std::fs::write(&list, "org/repo#a\n").unwrap();
+    let mut cmd = work_in_listed_order(&ns, &list);
+    cmd.env("KUBECONFIG", &kc)
+        .arg("--follow")
+        .arg("--done-dir")
+        .arg(&done)
+        .args(FAST_HEARTBEAT)
+        .args(["--", "true"]);
+    let mut worker = WorkerProcess::spawn_command(cmd);
+    let finished = |issue: &str| {
+        done.join(issuelock::IssueKey::parse(issue).unwrap().lock_name())
+            .exists()
+            .then_some(())
+    };
+    eventually(Duration::from_secs(15), "a done", || async {
+        finished("org/repo#a")
+    })
+    .await;
+    // Its claims are refused for a while (as by an API server just started, whose RBAC
+    // cache is empty); its heartbeat is not. `work` retries instead of exiting.
+    kubectl_ok(&["delete", "rolebinding", "locks", "-n", &ns]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::write(&list, "org/repo#a\norg/repo#b\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        worker.is_running(),
+        "work exited on a brief refusal of a claim"
+    );
+    assert!(finished("org/repo#b").is_none());
+    bind("locks");
+    eventually(Duration::from_secs(40), "b done", || async {
+        finished("org/repo#b")
+    })
+    .await;
+    worker.signal("TERM");
+    let (code, stderr) = finish(worker).await;
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(
+        stderr.contains("claiming failed; retrying")
+            && stderr.contains("permission denied while trying to create lock"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn claim_takes_one_free_issue_and_says_when_all_are_held_or_done() {
     let client = client().await;
     let ns = namespace(&client, "claim").await;

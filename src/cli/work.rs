@@ -8,7 +8,7 @@
 
 use super::run::{ForwardedSignals, Held, run_held, signal_exit};
 use super::{EXIT_HELD, EXIT_LOST, HoldArgs, lock_client, lock_client_as};
-use crate::error::Error;
+use crate::error::{Error, RESTART_PATIENCE};
 use crate::key::IssueKey;
 use crate::lock::{Claimed, LockClient, Worker};
 use clap::{Args, ValueEnum};
@@ -284,15 +284,10 @@ pub(super) async fn work(args: WorkArgs) -> Result<ExitCode, Error> {
     }
 }
 
-/// How long `work` retries a permission or credentials error when it resumes after a lost
-/// heartbeat: the same identity was allowed before, and an API server just back from an
-/// outage denies requests until its caches (ServiceAccount tokens, RBAC, admission
-/// policies) are filled.
-const RESUME_PERMISSION_PATIENCE: Duration = Duration::from_secs(60);
-
 /// A new lock client for `work` after its heartbeat was lost, recording the same user and
 /// pod as `previous`, retried (0.5 s doubling to 10 s) while the API server is unreachable
-/// or overloaded, and for [`RESUME_PERMISSION_PATIENCE`] while it refuses us. `Err`
+/// or overloaded, and for [`RESTART_PATIENCE`] while it answers as one just started (the
+/// Lease it replaces was allowed). `Err`
 /// ends `work`: a signal (with its exit code) or an error that waiting does not cure.
 async fn resume(
     args: &WorkArgs,
@@ -318,8 +313,7 @@ async fn resume(
             }
             Err(e)
                 if e.is_transient()
-                    || (matches!(e, Error::Forbidden { .. } | Error::Unauthorized { .. })
-                        && began.elapsed() < RESUME_PERMISSION_PATIENCE) =>
+                    || (e.may_pass_after_restart() && began.elapsed() < RESTART_PATIENCE) =>
             {
                 tracing::warn!(error = %e.chain(), retry_in = ?backoff, "starting a new heartbeat failed; retrying");
                 tokio::select! {

@@ -4,6 +4,7 @@
 
 use super::claim::{ClaimOrder, Claimed};
 use super::*;
+use crate::error::RESTART_PATIENCE;
 use futures::{FutureExt, Stream};
 
 /// First pause before a worker retries a claim that failed for a transient reason.
@@ -46,6 +47,10 @@ pub struct Worker<S> {
     input: Option<S>,
     pending: Vec<IssueKey>,
     known: HashSet<IssueKey>,
+    /// A claim has succeeded (taken a lock or found every candidate held or done).
+    claimed_before: bool,
+    /// Since when claims have failed as on an API server just started, after one succeeded.
+    failing_since: Option<tokio::time::Instant>,
 }
 
 /// What [`Worker::run`] did.
@@ -67,6 +72,8 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
             input: Some(input),
             pending: Vec::new(),
             known: HashSet::new(),
+            claimed_before: false,
+            failing_since: None,
         }
     }
 
@@ -80,6 +87,18 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
     /// lost); candidates and issues already taken are kept.
     pub fn set_client(&mut self, locks: LockClient) {
         self.locks = locks;
+    }
+
+    /// True for what an API server just started says (401, 403, 404 of the namespace or
+    /// the CRD) after claims succeeded, for [`RESTART_PATIENCE`] from the first in a row.
+    fn may_pass(&mut self, e: &Error) -> bool {
+        if !(e.may_pass_after_restart() && self.claimed_before) {
+            return false;
+        }
+        let since = *self
+            .failing_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        since.elapsed() < RESTART_PATIENCE
     }
 
     /// Candidates not yet taken by this worker nor known done.
@@ -153,9 +172,10 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
                 self.pending.retain(|k| !finished.contains(k));
             }
             let (mut changes, claimed) = match claimed {
-                // The API server is overloaded or unreachable for a moment: try again. A
-                // lasting outage ends in a lost heartbeat, which is not transient.
-                Err(e) if self.locks.may_succeed_later(&e) => {
+                // The API server is overloaded or unreachable for a moment, or, just
+                // started, refuses what it allowed before: try again. A lasting outage
+                // ends in a lost heartbeat, which is not transient.
+                Err(e) if self.locks.may_succeed_later(&e) || self.may_pass(&e) => {
                     tracing::warn!(error = %e.chain(), retry_in = ?backoff, "claiming failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_MAX);
@@ -164,6 +184,8 @@ impl<S: Stream<Item = IssueKey> + Unpin> Worker<S> {
                 other => other?,
             };
             backoff = RETRY_MIN;
+            self.claimed_before = true;
+            self.failing_since = None;
             match claimed {
                 Claimed::Lock(guard) => {
                     self.pending.retain(|k| k != guard.issue());
