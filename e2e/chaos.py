@@ -421,6 +421,15 @@ class Soak:
         held.sort()
         return held[int(pick * len(held)) % len(held)]
 
+    def wait_for_holder(self, pick):
+        """holder_pick(pick), waiting up to 5 s for a command between read and write."""
+        for _ in range(50):
+            h = self.holder_pick(pick)
+            if h:
+                return h
+            time.sleep(0.1)
+        return None
+
     def tree(self, pid):
         """pid and all its descendants."""
         kids = {}
@@ -452,12 +461,7 @@ class Soak:
     def inject(self, ev):
         kind = ev["kind"]
         if kind in ("kill_holder", "pause_holder"):
-            h = None
-            for _ in range(50):
-                h = self.holder_pick(ev["pick"])
-                if h:
-                    break
-                time.sleep(0.1)
+            h = self.wait_for_holder(ev["pick"])
             if not h:
                 return "no holder found"
             worker, _pid, issue = h
@@ -822,12 +826,7 @@ class NodeSoak(Soak):
     def inject(self, ev):
         kind = ev["kind"]
         if kind in ("kill_holder", "pause_holder", "pod_delete"):
-            h = None
-            for _ in range(50):
-                h = self.holder_pick(ev["pick"])
-                if h:
-                    break
-                time.sleep(0.1)
+            h = self.wait_for_holder(ev["pick"])
             if not h:
                 return "no holder found"
             pod, _pid, issue = h

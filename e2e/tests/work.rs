@@ -533,30 +533,13 @@ async fn work_resuming_after_a_lost_heartbeat_waits_out_a_brief_permission_denia
     let client = client().await;
     let ns = namespace(&client, "work-resume-rbac").await;
     let dir = Scratch::new("work-resume-rbac");
-    kubectl_ok(&["create", "serviceaccount", "w", "-n", &ns]);
-    kubectl_ok(&[
-        "create",
-        "role",
-        "worker",
-        "-n",
+    let kc = kubeconfig_of_w(&ns, &dir);
+    worker_role(
         &ns,
-        "--verb=get,list,watch,create,update,patch,delete",
-        "--resource=leases.coordination.k8s.io,issuelocks.issuelock.dev",
-    ]);
-    let bind = || {
-        kubectl_ok(&[
-            "create",
-            "rolebinding",
-            "worker",
-            "-n",
-            &ns,
-            "--role=worker",
-            &format!("--serviceaccount={ns}:w"),
-        ])
-    };
-    bind();
-    let token = kubectl_ok(&["create", "token", "w", "-n", &ns, "--duration=10m"]);
-    let kc = token_kubeconfig(&dir.0, token.trim());
+        "worker",
+        "leases.coordination.k8s.io,issuelocks.issuelock.dev",
+    );
+    bind_to_w(&ns, "worker");
     let list = dir.0.join("issues.txt");
     std::fs::write(&list, "org/repo#a\norg/repo#b\n").unwrap();
     let mut cmd = work_in_listed_order(&ns, &list);
@@ -588,7 +571,7 @@ async fn work_resuming_after_a_lost_heartbeat_waits_out_a_brief_permission_denia
         worker.is_running(),
         "work exited on a brief permission denial"
     );
-    bind();
+    bind_to_w(&ns, "worker");
     wait_taken(&client, &ns, "org/repo#b").await;
     let second: Vec<String> = heartbeat_leases(&ns)
         .into_iter()
@@ -611,36 +594,11 @@ async fn work_waits_out_a_brief_refusal_of_its_claims() {
     let client = client().await;
     let ns = namespace(&client, "work-refused").await;
     let dir = Scratch::new("work-refused");
-    kubectl_ok(&["create", "serviceaccount", "w", "-n", &ns]);
-    for (role, resource) in [
-        ("heartbeat", "leases.coordination.k8s.io"),
-        ("locks", "issuelocks.issuelock.dev"),
-    ] {
-        kubectl_ok(&[
-            "create",
-            "role",
-            role,
-            "-n",
-            &ns,
-            "--verb=get,list,watch,create,update,patch,delete",
-            &format!("--resource={resource}"),
-        ]);
-    }
-    let bind = |role: &str| {
-        kubectl_ok(&[
-            "create",
-            "rolebinding",
-            role,
-            "-n",
-            &ns,
-            &format!("--role={role}"),
-            &format!("--serviceaccount={ns}:w"),
-        ])
-    };
-    bind("heartbeat");
-    bind("locks");
-    let token = kubectl_ok(&["create", "token", "w", "-n", &ns, "--duration=10m"]);
-    let kc = token_kubeconfig(&dir.0, token.trim());
+    let kc = kubeconfig_of_w(&ns, &dir);
+    worker_role(&ns, "heartbeat", "leases.coordination.k8s.io");
+    worker_role(&ns, "locks", "issuelocks.issuelock.dev");
+    bind_to_w(&ns, "heartbeat");
+    bind_to_w(&ns, "locks");
     let (list, done) = (dir.0.join("issues.txt"), dir.0.join("done"));
     std::fs::create_dir_all(&done).unwrap();
     std::fs::write(&list, "org/repo#a\n").unwrap();
@@ -672,7 +630,7 @@ async fn work_waits_out_a_brief_refusal_of_its_claims() {
         "work exited on a brief refusal of a claim"
     );
     assert!(finished("org/repo#b").is_none());
-    bind("locks");
+    bind_to_w(&ns, "locks");
     eventually(Duration::from_secs(40), "b done", || async {
         finished("org/repo#b")
     })
@@ -849,6 +807,39 @@ async fn bad_input_to_work_claim_and_wait_names_the_line_and_locks_nothing() {
 }
 
 /// `issuelock work -n NS --identity w --order listed --issues LIST`: the rest is the test's.
+/// The ServiceAccount `w` in `ns` and a kubeconfig (in `dir`) authenticating as it.
+fn kubeconfig_of_w(ns: &str, dir: &Scratch) -> PathBuf {
+    kubectl_ok(&["create", "serviceaccount", "w", "-n", ns]);
+    let token = kubectl_ok(&["create", "token", "w", "-n", ns, "--duration=10m"]);
+    token_kubeconfig(&dir.0, token.trim())
+}
+
+/// A Role `role` in `ns` with every verb a worker uses on `resources` (comma-separated).
+fn worker_role(ns: &str, role: &str, resources: &str) {
+    kubectl_ok(&[
+        "create",
+        "role",
+        role,
+        "-n",
+        ns,
+        "--verb=get,list,watch,create,update,patch,delete",
+        &format!("--resource={resources}"),
+    ]);
+}
+
+/// Binds the Role `role` in `ns` to the ServiceAccount `w`.
+fn bind_to_w(ns: &str, role: &str) {
+    kubectl_ok(&[
+        "create",
+        "rolebinding",
+        role,
+        "-n",
+        ns,
+        &format!("--role={role}"),
+        &format!("--serviceaccount={ns}:w"),
+    ]);
+}
+
 fn work_in_listed_order(ns: &str, list: &std::path::Path) -> std::process::Command {
     let mut cmd = issuelock();
     cmd.args([
