@@ -48,6 +48,8 @@ FAKETIME_LIBS = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
 
 # e2e/node.sh's node address (--node): pods reach the oracle there.
 NODE_IP = "10.99.0.1"
+# How long the node lane waits, after killing the leader, for another replica to lead.
+LEADERLESS_LIMIT = 400
 # Where chaos.sh installs the controller with Helm (--node).
 CONTROLLER_NS = "issuelock-system"
 CONTROLLER_LEASE = "issuelock-controller"
@@ -855,7 +857,17 @@ class NodeSoak(Soak):
                 return f"leader {leader!r} not found"
             cid, _ = self.container(CONTROLLER_NS, pod)
             self.ctr_kill(cid)
-            return f"SIGKILL container of controller leader {pod}"
+            # The fault lasts until a replica leads again: the kubelet delays the restart of
+            # a container killed again and again (10 s doubling to 5 min), so both replicas
+            # may be down for minutes, and kills meanwhile are not isolated ones.
+            killed_at = time.monotonic()
+            while time.monotonic() - killed_at < LEADERLESS_LIMIT and not self.stopping:
+                now_leader = self.leader()
+                if now_leader and now_leader != leader:  # a replica took the Lease
+                    return (f"SIGKILL container of controller leader {pod}; {now_leader} leads "
+                            f"{time.monotonic() - killed_at:.1f}s later")
+                time.sleep(0.5)
+            return f"SIGKILL container of controller leader {pod}; no new leader within {LEADERLESS_LIMIT}s"
         return super().inject(ev)
 
 
