@@ -287,8 +287,8 @@ pub(super) async fn work(args: WorkArgs) -> Result<ExitCode, Error> {
 /// A new lock client for `work` after its heartbeat was lost, recording the same user and
 /// pod as `previous`, retried (0.5 s doubling to 10 s) while the API server is unreachable
 /// or overloaded, and for [`RESTART_PATIENCE`] while it answers as one just started (the
-/// Lease it replaces was allowed). `Err`
-/// ends `work`: a signal (with its exit code) or an error that waiting does not cure.
+/// Lease it replaces was allowed). `Err` ends `work`: a signal (with its exit code) or an
+/// error that waiting does not cure.
 async fn resume(
     args: &WorkArgs,
     max_hold: Option<Duration>,
