@@ -452,9 +452,13 @@ class Soak:
         return out
 
     def leader(self):
-        out = self.kc("get", "lease", "issuelock-controller", "-n", self.ns, "-o",
+        """The election Lease's holder (the controllers elect in the seed's namespace here)."""
+        out = self.kc("get", "lease", CONTROLLER_LEASE, "-n", self.leader_namespace(), "-o",
                       "jsonpath={.spec.holderIdentity}", check=False, timeout=10)
         return out.strip()
+
+    def leader_namespace(self):
+        return self.ns
 
     def controlplane(self, verb, what):
         subprocess.run(["bash", os.path.join(HERE, "controlplane.sh"), verb, self.cp, what],
@@ -617,7 +621,7 @@ class Soak:
         while True:
             locks = self.kc("get", "issuelocks", "-n", self.ns, "-o", "name", check=False).split()
             leases = [n for n in self.kc("get", "leases", "-n", self.ns, "-o", "name", check=False).split()
-                      if n != "lease.coordination.k8s.io/issuelock-controller"]
+                      if n != f"lease.coordination.k8s.io/{CONTROLLER_LEASE}"]
             if not (locks or leases) or now() - stopped > QUIESCENCE:
                 break
             time.sleep(1)
@@ -820,10 +824,8 @@ class NodeSoak(Soak):
         subprocess.run([*self.ctr, "tasks", "kill", "-s", "SIGKILL", cid], capture_output=True,
                        timeout=15, check=True)
 
-    def leader(self):
-        out = self.kc("get", "lease", CONTROLLER_LEASE, "-n", CONTROLLER_NS, "-o",
-                      "jsonpath={.spec.holderIdentity}", check=False, timeout=10)
-        return out.strip()
+    def leader_namespace(self):
+        return CONTROLLER_NS  # the chart's release namespace
 
     def inject(self, ev):
         kind = ev["kind"]
