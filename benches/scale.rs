@@ -245,8 +245,11 @@ async fn run_one(
     let mut ctl = ControllerProc::start(bin, ns);
     row.restart = ctl.until_all_judged(locks).await;
     row.restart_writes = api_writes(client, ns).await.controller - before.controller;
-    // Memory of a controller that only listed and judged (no first-start writes behind it).
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Memory of a controller that only listed and judged (no first-start writes behind it),
+    // read as at the first start: once no reconcile ran for 3 s, after the steady window.
+    ctl.until_quiet(Duration::from_secs(3), Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(args.window).await;
     row.restart_rss_mib = ctl.rss_kib() as f64 / 1024.0;
     eprintln!(
         "   restart: all judged in {:.1}s, {} controller writes",

@@ -16,22 +16,32 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// What the index keeps of one lock.
+/// What the index keeps of one lock: its name (its namespace is its Lease's), and its
+/// Lease and pod keys, shared with every other lock of the same holder.
 #[derive(Debug)]
 struct Entry {
-    lock: ObjectRef<IssueLock>,
-    lease: LeaseKey,
-    pod: Option<PodKey>,
+    name: Box<str>,
+    lease: Arc<LeaseKey>,
+    pod: Option<Arc<PodKey>>,
     misnamed: bool,
 }
 
+impl Entry {
+    fn lock(&self) -> ObjectRef<IssueLock> {
+        ObjectRef::new(&self.name).within(&self.lease.0)
+    }
+}
+
+/// A lock's uid, shared by its entry and the sets that name it (one allocation per lock).
+type Uid = Arc<str>;
+
 #[derive(Debug, Default)]
 struct Index {
-    by_uid: HashMap<String, Entry>,
-    by_lease: HashMap<LeaseKey, HashSet<String>>,
-    by_pod: HashMap<PodKey, HashSet<String>>,
+    by_uid: HashMap<Uid, Entry>,
+    by_lease: HashMap<Arc<LeaseKey>, HashSet<Uid>>,
+    by_pod: HashMap<Arc<PodKey>, HashSet<Uid>>,
     misnamed: usize,
     /// Uids delivered by the relist in progress, if one is.
     relisted: Option<HashSet<String>>,
@@ -39,22 +49,24 @@ struct Index {
 
 impl Index {
     fn insert(&mut self, lock: &IssueLock) {
-        let uid = lock.uid().unwrap_or_default();
-        if self.by_uid.contains_key(&uid) {
+        let uid = lock.metadata.uid.as_deref().unwrap_or_default();
+        if self.by_uid.contains_key(uid) {
             return;
         }
+        let uid: Uid = uid.into();
         let ns = lock.namespace().unwrap_or_default();
         let name = lock.name_any();
+        let pod = lock.spec.holder.pod.as_ref();
         let entry = Entry {
-            lock: ObjectRef::new(&name).within(&ns),
-            lease: (ns.clone(), lock.spec.holder.lease.clone()),
-            pod: lock
-                .spec
-                .holder
-                .pod
-                .as_ref()
-                .map(|p| (p.namespace_or(&ns).to_owned(), p.name.clone())),
             misnamed: NameCheck::of(&name, &lock.spec.issue).is_misnamed(),
+            name: name.into(),
+            lease: shared(&self.by_lease, (ns.clone(), lock.spec.holder.lease.clone())),
+            pod: pod.map(|p| {
+                shared(
+                    &self.by_pod,
+                    (p.namespace_or(&ns).to_owned(), p.name.clone()),
+                )
+            }),
         };
         self.by_lease
             .entry(entry.lease.clone())
@@ -83,18 +95,30 @@ impl Index {
 
     fn refs<K: std::hash::Hash + Eq>(
         &self,
-        map: &HashMap<K, HashSet<String>>,
+        map: &HashMap<Arc<K>, HashSet<Uid>>,
         key: &K,
     ) -> Vec<ObjectRef<IssueLock>> {
         map.get(key)
             .into_iter()
             .flatten()
-            .filter_map(|uid| self.by_uid.get(uid).map(|e| e.lock.clone()))
+            .filter_map(|uid| self.by_uid.get(uid).map(Entry::lock))
             .collect()
     }
 }
 
-fn detach<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<String>>, key: &K, uid: &str) {
+/// `key` as the map already holds it, if it does: one allocation per holder, not per lock.
+fn shared<K: std::hash::Hash + Eq>(map: &HashMap<Arc<K>, HashSet<Uid>>, key: K) -> Arc<K> {
+    match map.get_key_value(&key) {
+        Some((shared, _)) => shared.clone(),
+        None => Arc::new(key),
+    }
+}
+
+fn detach<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<Arc<K>, HashSet<Uid>>,
+    key: &Arc<K>,
+    uid: &str,
+) {
     if let Some(uids) = map.get_mut(key) {
         uids.remove(uid);
         if uids.is_empty() {
@@ -124,10 +148,10 @@ impl HolderIndex {
             }
             watcher::Event::InitDone => {
                 let listed = index.relisted.take().unwrap_or_default();
-                let gone: Vec<String> = index
+                let gone: Vec<Uid> = index
                     .by_uid
                     .keys()
-                    .filter(|uid| !listed.contains(*uid))
+                    .filter(|uid| !listed.contains(&uid[..]))
                     .cloned()
                     .collect();
                 for uid in gone {
@@ -160,7 +184,7 @@ impl HolderIndex {
     /// Every heartbeat Lease some lock names.
     pub fn leases(&self) -> Vec<LeaseKey> {
         let index = self.index.lock().expect("holder index mutex");
-        index.by_lease.keys().cloned().collect()
+        index.by_lease.keys().map(|k| (**k).clone()).collect()
     }
 
     /// True when some lock names the heartbeat Lease `key`.
@@ -179,7 +203,7 @@ impl HolderIndex {
         index
             .by_pod
             .keys()
-            .filter(|pod| !present(pod))
+            .filter(|pod| !present(pod.as_ref()))
             .flat_map(|pod| index.refs(&index.by_pod, pod))
             .collect()
     }

@@ -134,9 +134,18 @@ mod tests {
         assert_eq!(condition(&patch, "HolderAlive")["status"], "True");
         assert_eq!(condition(&patch, naming::CONDITION)["status"], "True");
         assert_eq!(patch["status"]["lastHeartbeatObserved"], json!(Time(at(0))));
-        let lock = applied(lock, &patch);
+        let mut lock = applied(lock, &patch);
         let later = alive_status(&lock, None, at(30), at(31));
         assert_eq!(later.patch, None, "time passing alone writes nothing");
+        // The controller's cache keeps no condition messages: they are not compared.
+        for c in &mut lock.status.as_mut().unwrap().conditions {
+            c.message.clear();
+        }
+        let cached = alive_status(&lock, None, at(30), at(31));
+        assert_eq!(
+            cached.patch, None,
+            "a cached lock without messages is current"
+        );
 
         let unsigned = Verification::Missing;
         let signed = alive_status(&lock, Some(&unsigned), at(40), at(41));

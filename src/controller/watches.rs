@@ -83,7 +83,7 @@ impl Watched {
         cached(
             self.locks.clone(),
             Default::default(),
-            drop_managed_fields,
+            trim_lock,
             cache,
             synced,
         )
@@ -269,6 +269,28 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
+/// Keeps what the controller reads of a lock: its identity (name, namespace, uid,
+/// resourceVersion, creation and deletion times), spec, and its conditions' type, status,
+/// reason and transition time ([`status`](super::status) compares those; it writes
+/// messages from what it knows, never from what it read). The labels, the acquire nonce
+/// annotation and the ownerReference are the holder's business (its own watch, the
+/// adoption after an unknown outcome, the cluster's garbage collector); with the
+/// messages they cost more than a kilobyte per cached lock. A lock is read whole from the
+/// API server before it is deleted.
+fn trim_lock(lock: &mut IssueLock) {
+    let meta = &mut lock.metadata;
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    if let Some(status) = &mut lock.status {
+        for condition in &mut status.conditions {
+            condition.message = String::new();
+        }
+        status.conditions.shrink_to_fit();
+    }
+}
+
 /// Keeps only what [`judge`] needs of a Pod: metadata identity and phase.
 fn trim_pod(pod: &mut Pod) {
     pod.spec = None;
@@ -285,6 +307,53 @@ fn trim_pod(pod: &mut Pod) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_lock_keeps_what_the_controller_reads() {
+        let mut lock: IssueLock = serde_json::from_value(serde_json::json!({
+            "apiVersion": "issuelock.dev/v1alpha1", "kind": "IssueLock",
+            "metadata": {
+                "name": "l", "namespace": "ns", "uid": "u", "resourceVersion": "7",
+                "creationTimestamp": "2026-11-29T00:00:00Z",
+                "labels": {"issuelock.dev/holder-lease": "h-1"},
+                "annotations": {"issuelock.dev/acquire-nonce": "n"},
+                "ownerReferences": [{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                     "name": "h-1", "uid": "lu"}],
+                "managedFields": [{"manager": "m", "operation": "Update"}]
+            },
+            "spec": {"issue": "i", "holder": {"identity": "h", "lease": "h-1"}},
+            "status": {"conditions": [{"type": "HolderAlive", "status": "True",
+                "reason": "HeartbeatObserved", "message": "heartbeat Lease h-1 is being renewed",
+                "lastTransitionTime": "2026-11-29T00:00:01Z"}]}
+        }))
+        .unwrap();
+        let spec = lock.spec.clone();
+        trim_lock(&mut lock);
+        let meta = &lock.metadata;
+        assert_eq!(
+            (
+                meta.name.as_deref(),
+                meta.namespace.as_deref(),
+                meta.uid.as_deref()
+            ),
+            (Some("l"), Some("ns"), Some("u"))
+        );
+        assert_eq!(meta.resource_version.as_deref(), Some("7"));
+        assert!(meta.creation_timestamp.is_some());
+        assert!(meta.labels.is_none() && meta.annotations.is_none());
+        assert!(meta.owner_references.is_none() && meta.managed_fields.is_none());
+        assert_eq!(lock.spec, spec);
+        let condition = &lock.status.as_ref().unwrap().conditions[0];
+        assert_eq!(
+            (
+                condition.type_.as_str(),
+                condition.status.as_str(),
+                condition.reason.as_str()
+            ),
+            ("HolderAlive", "True", "HeartbeatObserved")
+        );
+        assert!(condition.message.is_empty());
+    }
 
     #[test]
     fn ready_once_every_tracked_stream_has_listed_once() {

@@ -141,7 +141,7 @@ impl Cleanup {
 
     /// `lock` was seen on the watch: if it is what a pending create clean-up looks for,
     /// attempt that now rather than after its backoff.
-    pub(super) fn landed(&self, lock: &IssueLock) {
+    pub(super) fn landed(&self, lock: &ObjectMeta) {
         let Some(nonce) = acquire_nonce(lock) else {
             return;
         };

@@ -107,7 +107,7 @@ impl HeldLocks {
         let uid = lock.metadata.uid.as_deref().unwrap_or_default();
         table.guards.get(name).is_some_and(|h| h.uid == uid)
             || table.releasing.contains(uid)
-            || acquire_nonce(lock).is_some_and(|n| table.acquiring.contains(n))
+            || acquire_nonce(&lock.metadata).is_some_and(|n| table.acquiring.contains(n))
     }
 
     /// The lock object `uid` of `name` was deleted: its guard, if alive, has lost it. A
@@ -119,11 +119,10 @@ impl HeldLocks {
     /// `lock` is what the API server holds under its name at its resourceVersion: a
     /// different object *newer* than our guard's means ours was deleted meanwhile. An
     /// older one (a lagging cache, the late event of a previous lock) means nothing.
-    pub(super) fn lost_if_replaced(&self, lock: &IssueLock) {
-        let name = lock.metadata.name.as_deref().unwrap_or_default();
-        let uid = lock.metadata.uid.as_deref().unwrap_or_default();
+    pub(super) fn lost_if_replaced(&self, lock: &ObjectMeta) {
+        let name = lock.name.as_deref().unwrap_or_default();
+        let uid = lock.uid.as_deref().unwrap_or_default();
         let version = lock
-            .metadata
             .resource_version
             .as_deref()
             .and_then(|rv| FencingToken::from_resource_version(rv).ok());
@@ -181,10 +180,14 @@ mod tests {
         lost
     }
 
-    fn object(uid: &str, rv: &str) -> IssueLock {
-        let mut lock = crate::crd::test_lock(uid);
-        lock.metadata.resource_version = Some(rv.into());
-        lock
+    fn object(uid: &str) -> IssueLock {
+        crate::crd::test_lock(uid)
+    }
+
+    fn object_meta(uid: &str, rv: &str) -> ObjectMeta {
+        let mut meta = object(uid).metadata;
+        meta.resource_version = Some(rv.into());
+        meta
     }
 
     #[test]
@@ -192,7 +195,7 @@ mod tests {
         let held = HeldLocks::default();
         let lost = guarded(&held, "new", 50);
         held.lost_if_deleted("l", "old");
-        held.lost_if_replaced(&object("old", "40"));
+        held.lost_if_replaced(&object_meta("old", "40"));
         assert!(!lost.is_cancelled());
         held.lost_if_deleted("l", "new");
         assert!(lost.is_cancelled());
@@ -202,9 +205,9 @@ mod tests {
     fn a_newer_object_under_the_name_means_the_lock_was_lost() {
         let held = HeldLocks::default();
         let lost = guarded(&held, "ours", 50);
-        held.lost_if_replaced(&object("ours", "55"));
+        held.lost_if_replaced(&object_meta("ours", "55"));
         assert!(!lost.is_cancelled(), "our own object, updated");
-        held.lost_if_replaced(&object("theirs", "60"));
+        held.lost_if_replaced(&object_meta("theirs", "60"));
         assert!(lost.is_cancelled());
     }
 
@@ -226,12 +229,9 @@ mod tests {
         assert!(held.holds("ours"));
         assert!(held.release_started("l", "ours"));
         assert!(!held.holds("ours"));
-        assert!(
-            held.in_use(&object("ours", "50")),
-            "its release is in flight"
-        );
+        assert!(held.in_use(&object("ours")), "its release is in flight");
         held.release_ended("ours");
-        assert!(!held.in_use(&object("ours", "50")));
+        assert!(!held.in_use(&object("ours")));
         assert!(!held.release_started("l", "ours"), "released once");
         assert!(!lost.is_cancelled());
 

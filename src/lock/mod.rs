@@ -727,7 +727,7 @@ impl Inner {
     /// True when `lock` is the object created by the acquire call that used `nonce`: it
     /// names our heartbeat Lease and carries that nonce.
     fn created_by(&self, lock: &IssueLock, nonce: &str) -> bool {
-        self.records_us(lock) && acquire_nonce(lock) == Some(nonce)
+        self.records_us(lock) && acquire_nonce(&lock.metadata) == Some(nonce)
     }
 
     /// Registers a lock we hold and hands out its guard. `acquired_at` is when the create
@@ -916,9 +916,8 @@ fn max_hold_seconds(max_hold: Duration) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
-fn acquire_nonce(lock: &IssueLock) -> Option<&str> {
-    lock.metadata
-        .annotations
+fn acquire_nonce(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations
         .as_ref()
         .and_then(|a| a.get(ACQUIRE_NONCE_ANNOTATION))
         .map(String::as_str)

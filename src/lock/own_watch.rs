@@ -1,7 +1,10 @@
 //! The one watch of a client on its own locks, which tells a guard its lock was deleted
-//! or replaced.
+//! or replaced. It watches metadata only (name, uid, resourceVersion, the acquire nonce):
+//! the API server encodes, and the client decodes, no spec or status for the two events
+//! of every acquire and release.
 
 use super::*;
+use kube::core::PartialObjectMeta;
 
 /// The one watch of a client: its own locks, selected by its Lease label. A lock deleted
 /// under one of our guards (its uid), or a newer object under its name, marks that guard
@@ -10,7 +13,10 @@ use super::*;
 pub(super) async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken) {
     let (api, selector) = match inner.upgrade() {
         Some(i) => (
-            i.api.clone(),
+            Api::<PartialObjectMeta<IssueLock>>::namespaced(
+                i.api.clone().into_client(),
+                &i.config.namespace,
+            ),
             format!("{HOLDER_LEASE_LABEL}={}", i.holder.lease),
         ),
         None => return,
@@ -27,10 +33,10 @@ pub(super) async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken)
             e = events.next() => e,
         };
         let Some(inner) = inner.upgrade() else { return };
-        let identity = |lock: &IssueLock| {
+        let identity = |lock: &ObjectMeta| {
             (
-                lock.metadata.name.clone().unwrap_or_default(),
-                lock.metadata.uid.clone().unwrap_or_default(),
+                lock.name.clone().unwrap_or_default(),
+                lock.uid.clone().unwrap_or_default(),
             )
         };
         match event {
@@ -38,9 +44,9 @@ pub(super) async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken)
             Some(Err(e)) => tracing::debug!(error = %e, "watch on own locks failed; retrying"),
             Some(Ok(watcher::Event::Init)) => listed.clear(),
             Some(Ok(watcher::Event::InitApply(lock))) => {
-                inner.held.lost_if_replaced(&lock);
-                inner.cleanup.landed(&lock);
-                listed.insert(identity(&lock));
+                inner.held.lost_if_replaced(&lock.metadata);
+                inner.cleanup.landed(&lock.metadata);
+                listed.insert(identity(&lock.metadata));
             }
             Some(Ok(watcher::Event::InitDone)) => {
                 for (name, uid) in inner.held.unconfirmed(&listed) {
@@ -60,11 +66,11 @@ pub(super) async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken)
                 }
             }
             Some(Ok(watcher::Event::Apply(lock))) => {
-                inner.held.lost_if_replaced(&lock);
-                inner.cleanup.landed(&lock);
+                inner.held.lost_if_replaced(&lock.metadata);
+                inner.cleanup.landed(&lock.metadata);
             }
             Some(Ok(watcher::Event::Delete(lock))) => {
-                let (name, uid) = identity(&lock);
+                let (name, uid) = identity(&lock.metadata);
                 inner.held.lost_if_deleted(&name, &uid);
             }
         }

@@ -178,8 +178,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (n, c) = (args.iterations, args.concurrency);
     let mut report = Report::new(n, c, args.clients, args.issues);
 
-    step("overhead: floor, library metadata, ownerReference, issuelock (interleaved)");
-    report.overhead(phases::overhead(&ctx, &run, n, c, args.rounds).await?);
+    // Once with one call in flight (the API server idle between calls: each call's own
+    // latency), once loaded with `c` in flight (on a small machine the API server's CPU is
+    // then the bottleneck, and every byte a call adds costs latency).
+    let mut in_flight = vec![1, c.max(1)];
+    in_flight.dedup();
+    for k in in_flight {
+        step(&format!(
+            "overhead: floor, library metadata, ownerReference, issuelock (interleaved, {k} in flight)"
+        ));
+        let tag = format!("{run}c{k}");
+        report.overhead(k, phases::overhead(&ctx, &tag, n, k, args.rounds).await?);
+    }
     if args.overhead_only {
         println!("{}", report.render_overhead());
         return Ok(());

@@ -7,13 +7,17 @@ use crate::writes::Writes;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+/// One row of the overhead table: variant, acquire and release latencies.
+pub type OverheadRow = (&'static str, Latencies, Latencies);
+
 pub struct Report {
     iterations: usize,
     concurrency: usize,
     clients: usize,
     issues: usize,
     latency: Vec<(String, Latencies, Latencies)>,
-    overhead: Vec<(&'static str, Latencies, Latencies)>,
+    /// Per number of calls in flight: the overhead rows.
+    overhead: Vec<(usize, Vec<OverheadRow>)>,
     contention: Vec<(String, Contention)>,
     /// name, writes per held lock per minute: holders' Lease writes, everything else.
     writes: Vec<(String, f64, f64, String)>,
@@ -39,8 +43,8 @@ impl Report {
         self.latency.push((name.into(), acquire, release));
     }
 
-    pub fn overhead(&mut self, rows: Vec<(&'static str, Latencies, Latencies)>) {
-        self.overhead = rows;
+    pub fn overhead(&mut self, in_flight: usize, rows: Vec<OverheadRow>) {
+        self.overhead.push((in_flight, rows));
     }
 
     pub fn contention(&mut self, name: &str, c: Contention) {
@@ -82,18 +86,19 @@ impl Report {
 
     pub fn render_overhead(&self) -> String {
         let mut out = String::new();
-        if let Some((_, a, _)) = self.overhead.first() {
+        for (in_flight, rows) in &self.overhead {
+            let Some((_, a, _)) = rows.first() else {
+                continue;
+            };
+            if !out.is_empty() {
+                out.push('\n');
+            }
             let _ = writeln!(
                 out,
-                "## issuelock's overhead, step by step ({} issues each, interleaved rounds, {} in flight, ms)\n",
+                "## issuelock's overhead, step by step ({} issues each, interleaved rounds, {in_flight} in flight, ms)\n",
                 a.len(),
-                self.concurrency
             );
-            latency_table(
-                &mut out,
-                "variant",
-                self.overhead.iter().map(|(n, a, r)| (*n, a, r)),
-            );
+            latency_table(&mut out, "variant", rows.iter().map(|(n, a, r)| (*n, a, r)));
         }
         out
     }
