@@ -14,10 +14,11 @@
 
 use futures::StreamExt;
 use issuelock::crd::{HEARTBEAT_LABEL, HOLDER_LEASE_LABEL};
+use issuelock::lock::ACQUIRE_NONCE_ANNOTATION;
 use issuelock::{Holder, HolderPod, IssueKey, IssueLock, IssueLockSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use std::collections::HashMap;
@@ -186,7 +187,7 @@ async fn run_one(
         ..Row::default()
     };
     create_namespace(client, ns).await;
-    let pod_uids = create_holders(client, ns, holders).await;
+    let holder_uids = create_holders(client, ns, holders).await;
     let renewing = Arc::new(AtomicBool::new(true));
     let dead = Arc::new(std::sync::Mutex::new(None::<String>));
     let renewer = tokio::spawn(renew_leases(
@@ -198,7 +199,7 @@ async fn run_one(
         dead.clone(),
     ));
     let t = Instant::now();
-    create_locks(client, ns, locks, &pod_uids).await;
+    create_locks(client, ns, locks, &holder_uids).await;
     eprintln!(
         "   created {locks} locks in {:.1}s",
         t.elapsed().as_secs_f64()
@@ -304,8 +305,14 @@ async fn create_namespace(client: &kube::Client, ns: &str) {
     api.create(&PostParams::default(), &obj).await.unwrap();
 }
 
-/// Creates `n` holder Pods and their heartbeat Leases; returns the pods' uids.
-async fn create_holders(client: &kube::Client, ns: &str, n: usize) -> Vec<String> {
+/// A holder's Pod and heartbeat Lease, by uid.
+struct HolderUids {
+    pod: String,
+    lease: String,
+}
+
+/// Creates `n` holder Pods and their heartbeat Leases.
+async fn create_holders(client: &kube::Client, ns: &str, n: usize) -> Vec<HolderUids> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
     futures::stream::iter(0..n)
@@ -331,8 +338,11 @@ async fn create_holders(client: &kube::Client, ns: &str, n: usize) -> Vec<String
                              "renewTime": MicroTime(Timestamp::now())}
                 }))
                 .unwrap();
-                leases.create(&PostParams::default(), &lease).await.unwrap();
-                uid
+                let lease = leases.create(&PostParams::default(), &lease).await.unwrap();
+                HolderUids {
+                    pod: uid,
+                    lease: lease.metadata.uid.unwrap(),
+                }
             }
         })
         .buffered(CREATE_CONCURRENCY)
@@ -340,14 +350,17 @@ async fn create_holders(client: &kube::Client, ns: &str, n: usize) -> Vec<String
         .await
 }
 
-async fn create_locks(client: &kube::Client, ns: &str, n: usize, pod_uids: &[String]) {
+/// Creates `n` locks spread over the holders, each as the library makes it: label, acquire
+/// nonce annotation, ownerReference to the holder's Lease, the holder's pod and user.
+async fn create_locks(client: &kube::Client, ns: &str, n: usize, holders: &[HolderUids]) {
     let api: Api<IssueLock> = Api::namespaced(client.clone(), ns);
     futures::stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
-            let h = i % pod_uids.len();
+            let h = i % holders.len();
             let holder = format!("holder-{h}");
-            let uid = pod_uids[h].clone();
+            let uid = holders[h].pod.clone();
+            let lease_uid = holders[h].lease.clone();
             async move {
                 let issue = format!("bench/scale#{i}");
                 let mut lock = IssueLock::new(
@@ -362,13 +375,28 @@ async fn create_locks(client: &kube::Client, ns: &str, n: usize, pod_uids: &[Str
                                 namespace: None,
                             }),
                             lease: holder.clone(),
-                            user: None,
+                            user: Some(format!("system:serviceaccount:{ns}:worker")),
                         },
                         max_hold_seconds: None,
                         signature: None,
                     },
                 );
-                lock.metadata.labels = Some([(HOLDER_LEASE_LABEL.to_owned(), holder)].into());
+                lock.metadata.labels =
+                    Some([(HOLDER_LEASE_LABEL.to_owned(), holder.clone())].into());
+                lock.metadata.annotations = Some(
+                    [(
+                        ACQUIRE_NONCE_ANNOTATION.to_owned(),
+                        format!("{:010x}", i * 2_654_435_761 % (1 << 40)),
+                    )]
+                    .into(),
+                );
+                lock.metadata.owner_references = Some(vec![OwnerReference {
+                    api_version: "coordination.k8s.io/v1".into(),
+                    kind: "Lease".into(),
+                    name: holder,
+                    uid: lease_uid,
+                    ..OwnerReference::default()
+                }]);
                 // Retried: the API server may shed load while the controller starts.
                 for _ in 0..20 {
                     match api.create(&PostParams::default(), &lock).await {
