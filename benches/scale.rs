@@ -93,9 +93,7 @@ async fn main() {
         let row = run_one(&client, &args, &ns, label, &bin, locks, holders).await;
         eprintln!("{}", row.line());
         rows.push(row);
-        let _ = Api::<Namespace>::all(client.clone())
-            .delete(&ns, &DeleteParams::default())
-            .await;
+        remove_namespace(&client, &ns).await;
     }
     println!();
     println!("{}", Row::header());
@@ -296,6 +294,30 @@ async fn run_one(
     let _ = renewer.await;
     ctl.stop();
     row
+}
+
+/// Deletes a run's namespace and waits until it is gone, so that no clean-up of one run
+/// writes during the next one (write counts are cluster-wide). The locks go first, in one
+/// delete-collection: deleted with their owner Leases, each would be a DELETE of the
+/// cluster's garbage collector, at its client's rate limit.
+async fn remove_namespace(client: &kube::Client, ns: &str) {
+    let t = Instant::now();
+    let _ = Api::<IssueLock>::namespaced(client.clone(), ns)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+    while t.elapsed() < Duration::from_secs(600) {
+        if let Ok(None) = namespaces.get_opt(ns).await {
+            eprintln!(
+                "   namespace {ns} removed in {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("   namespace {ns} still there after 600 s");
 }
 
 async fn create_namespace(client: &kube::Client, ns: &str) {
