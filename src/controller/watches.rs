@@ -274,15 +274,10 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
 /// reason and transition time ([`status`](super::status) compares those; it writes
 /// messages from what it knows, never from what it read). The labels, the acquire nonce
 /// annotation and the ownerReference are the holder's business (its own watch, the
-/// adoption after an unknown outcome, the cluster's garbage collector); with the
-/// messages they cost more than a kilobyte per cached lock. A lock is read whole from the
-/// API server before it is deleted.
+/// adoption after an unknown outcome, the cluster's garbage collector). A lock is read
+/// whole from the API server before it is deleted.
 fn trim_lock(lock: &mut IssueLock) {
-    let meta = &mut lock.metadata;
-    meta.managed_fields = None;
-    meta.labels = None;
-    meta.annotations = None;
-    meta.owner_references = None;
+    trim_metadata(&mut lock.metadata);
     if let Some(status) = &mut lock.status {
         for condition in &mut status.conditions {
             condition.message = String::new();
@@ -291,13 +286,19 @@ fn trim_lock(lock: &mut IssueLock) {
     }
 }
 
+/// Drops the metadata the controller reads of neither locks nor pods: managedFields,
+/// labels, annotations, ownerReferences.
+fn trim_metadata(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+}
+
 /// Keeps only what [`judge`] needs of a Pod: metadata identity and phase.
 fn trim_pod(pod: &mut Pod) {
     pod.spec = None;
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    pod.metadata.labels = None;
-    pod.metadata.owner_references = None;
+    trim_metadata(&mut pod.metadata);
     pod.status = pod.status.take().map(|s| PodStatus {
         phase: s.phase,
         ..PodStatus::default()
