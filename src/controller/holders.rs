@@ -1,7 +1,7 @@
 //! The locks of each holder: which locks name a given heartbeat Lease, which are held from
-//! a given pod, and how many are misnamed. Fed by the lock watch, so that a Pod or Lease
-//! event touches only its own locks (never a scan of every lock) and the gauges follow
-//! changes instead of recomputing every lock's name.
+//! a given pod, how many are misnamed, and when each was first seen. Fed by the lock
+//! watch, so that a Pod or Lease event touches only its own locks (never a scan of every
+//! lock) and the gauges follow changes instead of recomputing every lock's name.
 //!
 //! Entries are keyed by lock uid (a name re-acquired is another lock). A lock's spec is
 //! immutable, so an entry is computed once, when its uid is first seen; later events of
@@ -17,12 +17,15 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use tokio::time::Instant;
 
-/// What the index keeps of one lock: its name (its namespace is its Lease's), and its
-/// Lease and pod keys, shared with every other lock of the same holder.
+/// What the index keeps of one lock: its name (its namespace is its Lease's), its Lease
+/// and pod keys, shared with every other lock of the same holder, and when this
+/// controller first saw it, on its monotonic clock.
 #[derive(Debug)]
 struct Entry {
     name: Box<str>,
+    first_seen: Instant,
     lease: Arc<LeaseKey>,
     pod: Option<Arc<PodKey>>,
     misnamed: bool,
@@ -44,20 +47,23 @@ struct Index {
     by_pod: HashMap<Arc<PodKey>, HashSet<Uid>>,
     misnamed: usize,
     /// Uids delivered by the relist in progress, if one is.
-    relisted: Option<HashSet<String>>,
+    relisted: Option<HashSet<Uid>>,
 }
 
 impl Index {
-    fn insert(&mut self, lock: &IssueLock) {
+    /// Indexes `lock` unless its uid is already: its uid, when it was first seen, and
+    /// whether that is `now`.
+    fn insert(&mut self, lock: &IssueLock, now: Instant) -> (Uid, Instant, bool) {
         let uid = lock.metadata.uid.as_deref().unwrap_or_default();
-        if self.by_uid.contains_key(uid) {
-            return;
+        if let Some((uid, entry)) = self.by_uid.get_key_value(uid) {
+            return (uid.clone(), entry.first_seen, false);
         }
         let uid: Uid = uid.into();
         let ns = lock.namespace().unwrap_or_default();
         let name = lock.name_any();
         let pod = lock.spec.holder.pod.as_ref();
         let entry = Entry {
+            first_seen: now,
             misnamed: NameCheck::of(&name, &lock.spec.issue).is_misnamed(),
             name: name.into(),
             lease: shared(&self.by_lease, (ns.clone(), lock.spec.holder.lease.clone())),
@@ -79,7 +85,8 @@ impl Index {
                 .insert(uid.clone());
         }
         self.misnamed += entry.misnamed as usize;
-        self.by_uid.insert(uid, entry);
+        self.by_uid.insert(uid.clone(), entry);
+        (uid, now, true)
     }
 
     fn remove(&mut self, uid: &str) {
@@ -127,21 +134,21 @@ fn detach<K: std::hash::Hash + Eq>(
     }
 }
 
-/// Locks by holder Lease and by holder pod.
+/// Locks by holder Lease and by holder pod, and when each was first seen.
 #[derive(Debug, Default)]
 pub struct HolderIndex {
     index: Mutex<Index>,
 }
 
 impl HolderIndex {
-    /// Feeds one event of the lock watch.
-    pub fn on_event(&self, event: &watcher::Event<IssueLock>) {
+    /// Feeds one event of the lock watch, seen at `now`. True when it shows a new
+    /// acquisition: a lock uid first seen after the initial list.
+    pub fn on_event(&self, event: &watcher::Event<IssueLock>, now: Instant) -> bool {
         let mut index = self.index.lock().expect("holder index mutex");
         match event {
             watcher::Event::Init => index.relisted = Some(HashSet::new()),
             watcher::Event::InitApply(lock) => {
-                index.insert(lock);
-                let uid = lock.uid().unwrap_or_default();
+                let (uid, _, _) = index.insert(lock, now);
                 if let Some(listed) = index.relisted.as_mut() {
                     listed.insert(uid);
                 }
@@ -158,9 +165,18 @@ impl HolderIndex {
                     index.remove(&uid);
                 }
             }
-            watcher::Event::Apply(lock) => index.insert(lock),
+            watcher::Event::Apply(lock) => return index.insert(lock, now).2,
             watcher::Event::Delete(lock) => index.remove(&lock.uid().unwrap_or_default()),
         }
+        false
+    }
+
+    /// When `lock` was first seen, if the index has it. (A reconcile never indexes a
+    /// lock: it may be judging a copy of one deleted meanwhile.)
+    pub fn first_seen(&self, lock: &IssueLock) -> Option<Instant> {
+        let index = self.index.lock().expect("holder index mutex");
+        let uid = lock.metadata.uid.as_deref().unwrap_or_default();
+        index.by_uid.get(uid).map(|entry| entry.first_seen)
     }
 
     /// The locks naming the heartbeat Lease `key`.
@@ -259,7 +275,10 @@ mod tests {
         lease: &str,
         pod: Option<(&str, &str)>,
     ) {
-        index.on_event(&watcher::Event::Apply(lock(uid, ns, name, lease, pod)));
+        index.on_event(
+            &watcher::Event::Apply(lock(uid, ns, name, lease, pod)),
+            Instant::now(),
+        );
     }
 
     fn key(a: &str, b: &str) -> (String, String) {
@@ -279,21 +298,15 @@ mod tests {
         assert_eq!(index.lock_count_of_lease(&key("w", "nope")), 0);
         assert_eq!(names(index.locks_of_pod(&key("ci", "p1"))), ["a", "b"]);
         assert_eq!(names(index.locks_of_pod(&key("w", "p1"))), ["c"]);
-        index.on_event(&watcher::Event::Delete(lock(
-            "1",
-            "w",
-            "a",
-            "l1",
-            Some(("ci", "p1")),
-        )));
+        index.on_event(
+            &watcher::Event::Delete(lock("1", "w", "a", "l1", Some(("ci", "p1")))),
+            Instant::now(),
+        );
         assert_eq!(names(index.locks_of_pod(&key("ci", "p1"))), ["b"]);
-        index.on_event(&watcher::Event::Delete(lock(
-            "2",
-            "w",
-            "b",
-            "l1",
-            Some(("ci", "p1")),
-        )));
+        index.on_event(
+            &watcher::Event::Delete(lock("2", "w", "b", "l1", Some(("ci", "p1")))),
+            Instant::now(),
+        );
         assert!(index.locks_of_pod(&key("ci", "p1")).is_empty());
         assert!(!index.is_referenced(&key("w", "l1")));
         assert_eq!(index.counts().0, 2);
@@ -304,11 +317,14 @@ mod tests {
         let index = HolderIndex::default();
         hold(&index, "1", "w", "a", "l1", None);
         hold(&index, "2", "w", "b", "l1", None);
-        index.on_event(&watcher::Event::Init);
-        index.on_event(&watcher::Event::InitApply(lock("2", "w", "b", "l1", None)));
+        index.on_event(&watcher::Event::Init, Instant::now());
+        index.on_event(
+            &watcher::Event::InitApply(lock("2", "w", "b", "l1", None)),
+            Instant::now(),
+        );
         // Until the relist completes, the old entries still answer.
         assert_eq!(index.counts().0, 2);
-        index.on_event(&watcher::Event::InitDone);
+        index.on_event(&watcher::Event::InitDone, Instant::now());
         assert_eq!(names(index.locks_of_lease(&key("w", "l1"))), ["b"]);
         assert_eq!(index.counts().0, 1);
     }
@@ -318,16 +334,16 @@ mod tests {
         let index = HolderIndex::default();
         // Named after its issue "a"? No: the derived name has a hash suffix.
         let misnamed = lock("1", "w", "a", "l", None);
-        index.on_event(&watcher::Event::Apply(misnamed.clone()));
-        index.on_event(&watcher::Event::Apply(misnamed.clone()));
+        index.on_event(&watcher::Event::Apply(misnamed.clone()), Instant::now());
+        index.on_event(&watcher::Event::Apply(misnamed.clone()), Instant::now());
         assert_eq!(index.counts(), (1, 1));
         let issue = "org/repo#1";
         let mut good = lock("2", "w", "x", "l", None);
         good.spec.issue = issue.into();
         good.metadata.name = Some(crate::key::IssueKey::parse(issue).unwrap().lock_name());
-        index.on_event(&watcher::Event::Apply(good));
+        index.on_event(&watcher::Event::Apply(good), Instant::now());
         assert_eq!(index.counts(), (2, 1));
-        index.on_event(&watcher::Event::Delete(misnamed));
+        index.on_event(&watcher::Event::Delete(misnamed), Instant::now());
         assert_eq!(index.counts(), (1, 0));
     }
 
@@ -338,5 +354,35 @@ mod tests {
         hold(&index, "2", "w", "b", "l2", Some(("w", "p2")));
         let missing = index.locks_of_pods_not_in(|pod| pod.1 == "p2");
         assert_eq!(names(missing), ["a"]);
+    }
+
+    #[test]
+    fn a_lock_keeps_its_first_sighting_and_only_new_ones_count_as_acquisitions() {
+        let index = HolderIndex::default();
+        let t0 = Instant::now();
+        let a = || lock("1", "w", "a", "l", None);
+        let b = || lock("2", "w", "b", "l", None);
+        index.on_event(&watcher::Event::Init, t0);
+        assert!(
+            !index.on_event(&watcher::Event::InitApply(a()), t0),
+            "listed, not new"
+        );
+        index.on_event(&watcher::Event::InitDone, t0);
+        assert!(
+            index.on_event(&watcher::Event::Apply(b()), t0),
+            "new acquisition"
+        );
+        let later = t0 + std::time::Duration::from_secs(3);
+        assert!(
+            !index.on_event(&watcher::Event::Apply(b()), later),
+            "seen before"
+        );
+        // A relist that no longer contains "b" (deleted during a watch gap) forgets it.
+        index.on_event(&watcher::Event::Init, later);
+        index.on_event(&watcher::Event::InitApply(a()), later);
+        index.on_event(&watcher::Event::InitDone, later);
+        assert_eq!(index.counts().0, 1);
+        assert_eq!(index.first_seen(&a()), Some(t0), "kept its first sighting");
+        assert_eq!(index.first_seen(&b()), None, "forgotten");
     }
 }

@@ -48,7 +48,7 @@ use kube::runtime::controller::{self as kube_controller, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use metrics::Metrics;
-use observations::{FirstSeen, Observations, lease_key};
+use observations::{Observations, lease_key};
 use pod_reads::RecentPodReads;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,9 +117,7 @@ pub struct Context {
     watched_namespace: Option<String>,
     /// Recent reads of pods outside the watched namespace.
     pod_reads: RecentPodReads,
-    /// When this controller first saw each lock (by uid), on its monotonic clock.
-    first_seen: FirstSeen,
-    /// Locks by holder Lease and holder pod.
+    /// Locks by holder Lease and holder pod, and when each was first seen.
     holders: HolderIndex,
     /// Consecutive reconcile failures per lock.
     backoff: Backoff,
@@ -167,7 +165,6 @@ impl Context {
             key_binding,
             watched_namespace: namespace,
             pod_reads: RecentPodReads::default(),
-            first_seen: FirstSeen::default(),
             holders: HolderIndex::default(),
             backoff: Backoff::default(),
         }
@@ -188,10 +185,14 @@ impl Context {
     /// How long this lock has been held, as far as this controller can tell on its own
     /// monotonic clock: since it first saw the lock. Never more than the truth, so a max
     /// hold time is never enforced before the holder's own timer (which starts before its
-    /// create is sent) gives the lock up; after a controller restart, later than that.
+    /// create is sent) gives the lock up; after a controller restart, later than that. A
+    /// lock the lock watch has not delivered (or has deleted) is held for no time yet.
     fn held_for(&self, lock: &IssueLock) -> Duration {
-        let now = Instant::now();
-        now.saturating_duration_since(self.first_seen.record(lock, now).0)
+        self.holders
+            .first_seen(lock)
+            .map_or(Duration::ZERO, |seen| {
+                Instant::now().saturating_duration_since(seen)
+            })
     }
 
     /// Refreshes the gauges: leadership, locks held and misnamed (counted by the index as

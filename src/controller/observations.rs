@@ -1,5 +1,6 @@
 //! What the controller saw, on its own monotonic clock: when each heartbeat Lease last
-//! changed ([`Observations`]) and when each lock was first seen ([`FirstSeen`]).
+//! changed ([`Observations`]). (When each lock was first seen is kept with the lock's
+//! entry in the holder index, [`super::holders`].)
 //!
 //! A Lease "changes" when its resourceVersion changes (every renewal is a write). Remote
 //! timestamps (`renewTime`) are never compared with the local clock: clocks skew.
@@ -9,11 +10,10 @@
 //! shorter value was written by someone else, and must not get the holder's locks
 //! reclaimed before the holder itself can notice the change and stop.
 //!
-//! Both are fed by watch events and keep an entry per object until its Delete event, or
-//! until a relist (watcher `Init` … `InitDone`) no longer contains it: a Delete missed in
-//! a watch gap never leaks an entry.
+//! Fed by watch events, it keeps an entry per Lease until its Delete event, or until a
+//! relist (watcher `Init` … `InitDone`) no longer contains it: a Delete missed in a watch
+//! gap never leaks an entry.
 
-use crate::crd::IssueLock;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::runtime::watcher;
@@ -122,67 +122,6 @@ impl Observations {
     }
 }
 
-/// When the controller first saw each lock (by uid), on its monotonic clock.
-#[derive(Debug, Default)]
-pub struct FirstSeen {
-    at: Mutex<HashMap<String, Instant>>,
-    relist: Mutex<Relist<String>>,
-}
-
-impl FirstSeen {
-    /// When `lock` was first seen (recording `now` if never), and whether that is now.
-    pub fn record(&self, lock: &IssueLock, now: Instant) -> (Instant, bool) {
-        let uid = lock.uid().unwrap_or_default();
-        let mut at = self.at.lock().expect("first-seen mutex");
-        match at.get(&uid) {
-            Some(seen) => (*seen, false),
-            None => {
-                at.insert(uid, now);
-                (now, true)
-            }
-        }
-    }
-
-    /// Feeds one event of the lock watch, seen at `now`. True when it shows a new
-    /// acquisition: a lock uid first seen after the initial list.
-    pub fn on_event(&self, event: &watcher::Event<IssueLock>, now: Instant) -> bool {
-        let relisted = self
-            .relist
-            .lock()
-            .expect("relist mutex")
-            .on_event(event, |l| l.uid().unwrap_or_default());
-        if let Some(listed) = relisted {
-            self.at
-                .lock()
-                .expect("first-seen mutex")
-                .retain(|uid, _| listed.contains(uid));
-        }
-        match event {
-            watcher::Event::Apply(lock) => self.record(lock, now).1,
-            watcher::Event::InitApply(lock) => {
-                self.record(lock, now);
-                false
-            }
-            watcher::Event::Delete(lock) => {
-                let uid = lock.uid().unwrap_or_default();
-                self.at.lock().expect("first-seen mutex").remove(&uid);
-                false
-            }
-            watcher::Event::Init | watcher::Event::InitDone => false,
-        }
-    }
-
-    /// How many locks are remembered.
-    pub fn len(&self) -> usize {
-        self.at.lock().expect("first-seen mutex").len()
-    }
-
-    /// True when no lock is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// The keys of the objects one relist delivered (watcher `Init` … `InitDone`).
 #[derive(Debug)]
 struct Relist<K> {
@@ -253,8 +192,6 @@ mod tests {
         lease
     }
 
-    use crate::crd::test_lock as lock;
-
     #[test]
     fn a_relist_forgets_leases_deleted_during_a_watch_gap() {
         let o = Observations::default();
@@ -268,33 +205,6 @@ mod tests {
         let key = |n: &str| ("ns".to_owned(), n.to_owned());
         assert_eq!(o.get(&key("kept")).map(|s| s.at), Some(t0));
         assert!(o.get(&key("gone")).is_none());
-    }
-
-    #[test]
-    fn a_relist_forgets_locks_deleted_during_a_watch_gap() {
-        let f = FirstSeen::default();
-        let t0 = Instant::now();
-        f.on_event(&watcher::Event::Init, t0);
-        f.on_event(&watcher::Event::InitApply(lock("a")), t0);
-        f.on_event(&watcher::Event::InitDone, t0);
-        assert!(
-            f.on_event(&watcher::Event::Apply(lock("b")), t0),
-            "new acquisition"
-        );
-        assert!(
-            !f.on_event(&watcher::Event::Apply(lock("b")), t0),
-            "seen before"
-        );
-        f.on_event(&watcher::Event::Init, t0);
-        f.on_event(&watcher::Event::InitApply(lock("a")), t0);
-        f.on_event(&watcher::Event::InitDone, t0);
-        assert_eq!(f.len(), 1);
-        let later = t0 + Duration::from_secs(3);
-        assert_eq!(
-            f.record(&lock("a"), later),
-            (t0, false),
-            "kept its first sighting"
-        );
     }
 
     #[test]

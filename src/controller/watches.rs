@@ -72,8 +72,8 @@ impl Watched {
         Ok(())
     }
 
-    /// Every lock applied or deleted, into the lock cache, the holder index and the
-    /// first-seen table (a lock first seen counts as an acquisition).
+    /// Every lock applied or deleted, into the lock cache and the holder index (a lock
+    /// first seen counts as an acquisition).
     pub(super) fn lock_triggers(
         &self,
         cache: Writer<IssueLock>,
@@ -88,11 +88,10 @@ impl Watched {
             synced,
         )
         .inspect(move |event| {
-            if let Ok(event) = event {
-                ctx.holders.on_event(event);
-                if ctx.first_seen.on_event(event, Instant::now()) {
-                    ctx.metrics.acquisitions.inc();
-                }
+            if let Ok(event) = event
+                && ctx.holders.on_event(event, Instant::now())
+            {
+                ctx.metrics.acquisitions.inc();
             }
         })
         .touched_objects()
