@@ -18,7 +18,7 @@ use issuelock::lock::ACQUIRE_NONCE_ANNOTATION;
 use issuelock::{Holder, HolderPod, IssueKey, IssueLock, IssueLockSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use std::collections::HashMap;
@@ -412,13 +412,8 @@ async fn create_locks(client: &kube::Client, ns: &str, n: usize, holders: &[Hold
                     )]
                     .into(),
                 );
-                lock.metadata.owner_references = Some(vec![OwnerReference {
-                    api_version: "coordination.k8s.io/v1".into(),
-                    kind: "Lease".into(),
-                    name: holder,
-                    uid: lease_uid,
-                    ..OwnerReference::default()
-                }]);
+                lock.metadata.owner_references =
+                    Some(vec![issuelock::crd::lease_owner(&holder, &lease_uid)]);
                 // Retried: the API server may shed load while the controller starts.
                 for _ in 0..20 {
                     match api.create(&PostParams::default(), &lock).await {

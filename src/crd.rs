@@ -4,7 +4,7 @@
 //! fields may be added, never renamed.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,18 @@ use serde_json::json;
 pub const GROUP: &str = "issuelock.dev";
 /// Label on each IssueLock naming its holder's heartbeat Lease (a client watches its own locks by it).
 pub const HOLDER_LEASE_LABEL: &str = "issuelock.dev/holder-lease";
+/// The ownerReference every IssueLock carries to its holder's heartbeat Lease (`lease`,
+/// whose uid is `lease_uid`): the cluster's garbage collector deletes the lock with the
+/// Lease.
+pub fn lease_owner(lease: &str, lease_uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "coordination.k8s.io/v1".into(),
+        kind: "Lease".into(),
+        name: lease.to_owned(),
+        uid: lease_uid.to_owned(),
+        ..OwnerReference::default()
+    }
+}
 /// Label `"true"` on every heartbeat Lease.
 pub const HEARTBEAT_LABEL: &str = "issuelock.dev/heartbeat";
 /// Annotation on a heartbeat Lease: the Kubernetes username that created it (the chart's

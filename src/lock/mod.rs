@@ -25,7 +25,7 @@
 //! acquire call of this client is taking is deleted and the create retried: the client
 //! never reports itself as another holder. [`LockClient::cleanup_stats`] counts it all.
 
-use crate::crd::{HOLDER_LEASE_LABEL, Holder, IssueLock, IssueLockSpec};
+use crate::crd::{HOLDER_LEASE_LABEL, Holder, IssueLock, IssueLockSpec, lease_owner};
 use crate::error::{
     Deleted, Error, Result, classify, delete_exact, is_already_exists, is_transient, within,
 };
@@ -34,7 +34,6 @@ use crate::holder::HolderIdentity;
 use crate::key::IssueKey;
 use crate::signature::Keyring;
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -704,13 +703,10 @@ impl Inner {
                 nonce.to_owned(),
             )])),
             // The cluster's garbage collector deletes the lock with its holder's Lease.
-            owner_references: Some(vec![OwnerReference {
-                api_version: "coordination.k8s.io/v1".into(),
-                kind: "Lease".into(),
-                name: self.holder.lease.clone(),
-                uid: self.heartbeat.lease_uid().to_owned(),
-                ..OwnerReference::default()
-            }]),
+            owner_references: Some(vec![lease_owner(
+                &self.holder.lease,
+                self.heartbeat.lease_uid(),
+            )]),
             ..ObjectMeta::default()
         };
         lock

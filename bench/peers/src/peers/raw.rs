@@ -41,13 +41,10 @@ impl Raw {
                 spec: None,
             };
             let made = leases.create(&PostParams::default(), &lease).await?;
-            Some(OwnerReference {
-                api_version: "coordination.k8s.io/v1".into(),
-                kind: "Lease".into(),
-                name: raw.holder.lease.clone(),
-                uid: made.metadata.uid.unwrap_or_default(),
-                ..OwnerReference::default()
-            })
+            Some(issuelock::crd::lease_owner(
+                &raw.holder.lease,
+                made.metadata.uid.as_deref().unwrap_or_default(),
+            ))
         } else {
             None
         };
