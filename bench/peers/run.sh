@@ -49,6 +49,11 @@ source "$dir/cp/env"
 "$CARGO_TARGET_DIR/release/issuelock" crd | kubectl apply -f - >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd/issuelocks.issuelock.dev >/dev/null
 kubectl create namespace bench >/dev/null
+# The overhead phase counts the CPU time of the control plane's processes, too.
+cpu=()
+for c in kube-apiserver etcd kube-controller-manager; do
+  [[ -f "$dir/cp/$c.pid" ]] && cpu+=(--cpu "$c=$(cat "$dir/cp/$c.pid")")
+done
 
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
 log "redis-server on 127.0.0.1:$port"
@@ -61,4 +66,4 @@ redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null || die "redis-server did not s
 log "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
 RUST_LOG="${RUST_LOG:-warn}" "$CARGO_TARGET_DIR/release/bench-peers" run --namespace bench \
   --redis-url "redis://127.0.0.1:$port/" --issuelock "$CARGO_TARGET_DIR/release/issuelock" \
-  --leasepeer "$leasepeer" "$@"
+  --leasepeer "$leasepeer" "${cpu[@]}" "$@"

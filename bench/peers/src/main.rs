@@ -5,6 +5,7 @@
 
 mod client_go;
 mod controller;
+mod cpu;
 mod peers;
 mod phases;
 mod process;
@@ -74,6 +75,10 @@ struct RunArgs {
     /// Run only issuelock's overhead phase (quick, for work on the client's latency).
     #[arg(long)]
     overhead_only: bool,
+    /// A process whose CPU time the overhead phase counts, as NAME=PID (repeatable;
+    /// this client is always counted).
+    #[arg(long = "cpu", value_name = "NAME=PID")]
+    cpu: Vec<cpu::Meter>,
     /// Interleaved rounds of the overhead and contention phases.
     #[arg(long, default_value_t = 10)]
     rounds: usize,
@@ -181,6 +186,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Once with one call in flight (the API server idle between calls: each call's own
     // latency), once loaded with `c` in flight (on a small machine the API server's CPU is
     // then the bottleneck, and every byte a call adds costs latency).
+    let mut meters = args.cpu.clone();
+    meters.push(cpu::Meter::client());
     let mut in_flight = vec![1, c.max(1)];
     in_flight.dedup();
     for k in in_flight {
@@ -188,7 +195,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "overhead: floor, library metadata, ownerReference, issuelock (interleaved, {k} in flight)"
         ));
         let tag = format!("{run}c{k}");
-        report.overhead(k, phases::overhead(&ctx, &tag, n, k, args.rounds).await?);
+        report.overhead(
+            k,
+            phases::overhead(&ctx, &tag, n, k, args.rounds, &meters).await?,
+        );
     }
     if args.overhead_only {
         println!("{}", report.render_overhead());

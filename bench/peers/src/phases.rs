@@ -1,7 +1,9 @@
 //! The measured phases, the same for every [`LockPeer`].
 
+use crate::cpu::{Meter, Usage};
 use crate::peers::{Ctx, LockPeer};
 use crate::process::Proc;
+use crate::report::OverheadRow;
 use crate::stats::Latencies;
 use anyhow::bail;
 use futures::StreamExt;
@@ -218,14 +220,17 @@ async fn batch<P: LockPeer>(
 /// Where issuelock's acquire and release time goes: the floor, the same raw calls with
 /// the library's metadata (label, nonce annotation), with its ownerReference too, and
 /// the library itself, in `rounds` interleaved rounds of `n / rounds` issues each, so a
-/// change in the machine's load hits all four alike.
+/// change in the machine's load hits all four alike. Around each counted batch, the CPU
+/// time of each of `meters` is read (after `SETTLE`, so the work a batch leaves behind,
+/// such as watch events, is counted with it), less what they use when idle.
 pub async fn overhead(
     ctx: &Ctx,
     run: &str,
     n: usize,
     c: usize,
     rounds: usize,
-) -> anyhow::Result<Vec<(&'static str, Latencies, Latencies)>> {
+    meters: &[Meter],
+) -> anyhow::Result<Overhead> {
     use crate::peers::issuelock::Issuelock;
     use crate::peers::raw::Raw;
     let plain = Raw::with_shape(ctx, &format!("ovp-{run}"), None).await?;
@@ -238,7 +243,10 @@ pub async fn overhead(
         "+ ownerReference to the Lease",
         "issuelock try_acquire / release",
     ];
+    let idle = idle_rates(meters).await?;
     let mut samples: Vec<(Vec<Duration>, Vec<Duration>)> = vec![Default::default(); names.len()];
+    // Per variant: CPU time used around its counted batches, and how long those took.
+    let mut cpu: Vec<(Usage, Duration)> = vec![Default::default(); names.len()];
     let per_round = (n / rounds.max(1)).max(1);
     for round in 0..=rounds {
         // Round 0 warms every variant up and is not counted.
@@ -247,22 +255,64 @@ pub async fn overhead(
             let issues: Vec<String> = (0..size)
                 .map(|i| format!("{run}/ov{v}/{round}/{i}"))
                 .collect();
+            let before = Usage::read(meters)?;
+            let started = Instant::now();
             let (a, r) = match v {
                 0 => batch(&plain, &issues, c).await?,
                 1 => batch(&labelled, &issues, c).await?,
                 2 => batch(&owned, &issues, c).await?,
                 _ => batch(&ours, &issues, c).await?,
             };
+            tokio::time::sleep(SETTLE).await;
+            let after = Usage::read(meters)?;
             if round > 0 {
                 out.0.extend(a);
                 out.1.extend(r);
+                cpu[v].0.add_since(&before, &after);
+                cpu[v].1 += started.elapsed();
             }
         }
     }
     ours.shutdown().await?;
-    Ok(names
-        .into_iter()
-        .zip(samples)
-        .map(|(name, (a, r))| (name, Latencies::new(a), Latencies::new(r)))
-        .collect())
+    Ok(Overhead {
+        rows: names
+            .into_iter()
+            .zip(samples)
+            .map(|(name, (a, r))| (name, Latencies::new(a), Latencies::new(r)))
+            .collect(),
+        cpu: cpu
+            .into_iter()
+            .map(|(mut used, over)| {
+                used.subtract_idle(&idle, over);
+                used
+            })
+            .collect(),
+        meters: meters.iter().map(|m| m.name.clone()).collect(),
+        pairs: per_round * rounds,
+    })
+}
+
+/// How long after a batch its CPU time is still counted.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// What each meter uses per second while no batch runs (timers, heartbeats, the API
+/// server's own loops), measured over `IDLE` once what came before (clients connecting,
+/// their Leases) has had time to settle.
+async fn idle_rates(meters: &[Meter]) -> anyhow::Result<Usage> {
+    const IDLE: Duration = Duration::from_secs(5);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = Usage::read(meters)?;
+    tokio::time::sleep(IDLE).await;
+    let mut rates = Usage::default();
+    rates.add_since(&before, &Usage::read(meters)?);
+    Ok(rates.per(IDLE))
+}
+
+/// The overhead phase's figures: latencies per variant, and the CPU time each meter spent
+/// on each variant's `pairs` acquire-release pairs.
+pub struct Overhead {
+    pub rows: Vec<OverheadRow>,
+    pub cpu: Vec<Usage>,
+    pub meters: Vec<String>,
+    pub pairs: usize,
 }

@@ -1,7 +1,7 @@
 //! The printed report: Markdown tables, each figure with its ratio to the floor measured
 //! in the same run (the first row of the latency and contention tables).
 
-use crate::phases::Contention;
+use crate::phases::{Contention, Overhead};
 use crate::stats::{Latencies, ms, ratio};
 use crate::writes::Writes;
 use std::fmt::Write as _;
@@ -16,8 +16,8 @@ pub struct Report {
     clients: usize,
     issues: usize,
     latency: Vec<(String, Latencies, Latencies)>,
-    /// Per number of calls in flight: the overhead rows.
-    overhead: Vec<(usize, Vec<OverheadRow>)>,
+    /// Per number of calls in flight: the overhead phase's figures.
+    overhead: Vec<(usize, Overhead)>,
     contention: Vec<(String, Contention)>,
     /// name, writes per held lock per minute: holders' Lease writes, everything else.
     writes: Vec<(String, f64, f64, String)>,
@@ -43,8 +43,8 @@ impl Report {
         self.latency.push((name.into(), acquire, release));
     }
 
-    pub fn overhead(&mut self, in_flight: usize, rows: Vec<OverheadRow>) {
-        self.overhead.push((in_flight, rows));
+    pub fn overhead(&mut self, in_flight: usize, figures: Overhead) {
+        self.overhead.push((in_flight, figures));
     }
 
     pub fn contention(&mut self, name: &str, c: Contention) {
@@ -86,7 +86,8 @@ impl Report {
 
     pub fn render_overhead(&self) -> String {
         let mut out = String::new();
-        for (in_flight, rows) in &self.overhead {
+        for (in_flight, figures) in &self.overhead {
+            let rows = &figures.rows;
             let Some((_, a, _)) = rows.first() else {
                 continue;
             };
@@ -99,6 +100,7 @@ impl Report {
                 a.len(),
             );
             latency_table(&mut out, "variant", rows.iter().map(|(n, a, r)| (*n, a, r)));
+            cpu_table(&mut out, *in_flight, figures);
         }
         out
     }
@@ -171,6 +173,41 @@ fn latency_table<'a>(
             cell(a, fa, 99.0),
             cell(r, fr, 50.0),
             cell(r, fr, 99.0)
+        );
+    }
+}
+
+/// CPU time per acquire-release pair, by process, with the total's ratio to the floor's.
+fn cpu_table(out: &mut String, in_flight: usize, figures: &Overhead) {
+    if figures.meters.is_empty() || figures.pairs == 0 {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## CPU time per acquire + release, by process ({} pairs each, {in_flight} in flight, ms; idle use subtracted)\n",
+        figures.pairs
+    );
+    let _ = writeln!(
+        out,
+        "| variant | {} | total |\n|---|{}---|",
+        figures.meters.join(" | "),
+        "---|".repeat(figures.meters.len())
+    );
+    let per_pair = |d: &Duration| d.as_secs_f64() * 1e3 / figures.pairs as f64;
+    let total = |u: &crate::cpu::Usage| u.0.iter().map(per_pair).sum::<f64>();
+    let floor = figures.cpu.first().map(total).unwrap_or_default();
+    for ((name, _, _), usage) in figures.rows.iter().zip(&figures.cpu) {
+        let cells: Vec<String> = usage
+            .0
+            .iter()
+            .map(|d| format!("{:.3}", per_pair(d)))
+            .collect();
+        let t = total(usage);
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {t:.3} ({}) |",
+            cells.join(" | "),
+            ratio(t, floor)
         );
     }
 }
