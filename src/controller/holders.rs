@@ -51,12 +51,12 @@ struct Index {
 }
 
 impl Index {
-    /// Indexes `lock` unless its uid is already: its uid, when it was first seen, and
-    /// whether that is `now`.
-    fn insert(&mut self, lock: &IssueLock, now: Instant) -> (Uid, Instant, bool) {
+    /// Indexes `lock`, first seen at `now`, unless its uid is already: its uid, and
+    /// whether it was new.
+    fn insert(&mut self, lock: &IssueLock, now: Instant) -> (Uid, bool) {
         let uid = lock.metadata.uid.as_deref().unwrap_or_default();
-        if let Some((uid, entry)) = self.by_uid.get_key_value(uid) {
-            return (uid.clone(), entry.first_seen, false);
+        if let Some((uid, _)) = self.by_uid.get_key_value(uid) {
+            return (uid.clone(), false);
         }
         let uid: Uid = uid.into();
         let ns = lock.namespace().unwrap_or_default();
@@ -86,7 +86,7 @@ impl Index {
         }
         self.misnamed += entry.misnamed as usize;
         self.by_uid.insert(uid.clone(), entry);
-        (uid, now, true)
+        (uid, true)
     }
 
     fn remove(&mut self, uid: &str) {
@@ -148,7 +148,7 @@ impl HolderIndex {
         match event {
             watcher::Event::Init => index.relisted = Some(HashSet::new()),
             watcher::Event::InitApply(lock) => {
-                let (uid, _, _) = index.insert(lock, now);
+                let (uid, _) = index.insert(lock, now);
                 if let Some(listed) = index.relisted.as_mut() {
                     listed.insert(uid);
                 }
@@ -165,7 +165,7 @@ impl HolderIndex {
                     index.remove(&uid);
                 }
             }
-            watcher::Event::Apply(lock) => return index.insert(lock, now).2,
+            watcher::Event::Apply(lock) => return index.insert(lock, now).1,
             watcher::Event::Delete(lock) => index.remove(&lock.uid().unwrap_or_default()),
         }
         false
