@@ -192,7 +192,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     in_flight.dedup();
     for k in in_flight {
         step(&format!(
-            "overhead: floor, library metadata, ownerReference, issuelock (interleaved, {k} in flight)"
+            "overhead: floor, library metadata, ownerReference, library's object raw, issuelock (interleaved, {k} in flight)"
         ));
         let tag = format!("{run}c{k}");
         report.overhead(

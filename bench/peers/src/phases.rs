@@ -183,6 +183,14 @@ impl Random {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
     }
+    /// `0..n` in a random order (Fisher-Yates).
+    fn shuffled(&mut self, n: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            v.swap(i, self.below(i as u64 + 1) as usize);
+        }
+        v
+    }
 }
 
 /// Takes then releases each of `issues`, `c` in flight; returns both latencies.
@@ -218,9 +226,10 @@ async fn batch<P: LockPeer>(
 }
 
 /// Where issuelock's acquire and release time goes: the floor, the same raw calls with
-/// the library's metadata (label, nonce annotation), with its ownerReference too, and
-/// the library itself, in `rounds` interleaved rounds of `n / rounds` issues each, so a
-/// change in the machine's load hits all four alike. Around each counted batch, the CPU
+/// the library's metadata (label, nonce annotation), with its ownerReference too, with
+/// the library's own holder record and live Lease (the object the library sends, sent
+/// raw), and the library itself, in `rounds` interleaved rounds of `n / rounds` issues
+/// each, so a change in the machine's load hits all five alike. Around each counted batch, the CPU
 /// time of each of `meters` is read (after `SETTLE`, so the work a batch leaves behind,
 /// such as watch events, is counted with it), less what they use when idle.
 pub async fn overhead(
@@ -237,10 +246,12 @@ pub async fn overhead(
     let labelled = Raw::with_shape(ctx, &format!("ovl-{run}"), Some(false)).await?;
     let owned = Raw::with_shape(ctx, &format!("ovo-{run}"), Some(true)).await?;
     let ours = Issuelock::connect(ctx, &format!("ovi-{run}")).await?;
+    let same = Raw::like(ctx, ours.client()).await?;
     let names = [
         "raw create / delete (floor)",
         "+ label and nonce annotation",
         "+ ownerReference to the Lease",
+        "+ the library's holder and live Lease",
         "issuelock try_acquire / release",
     ];
     let idle = idle_rates(meters).await?;
@@ -248,10 +259,15 @@ pub async fn overhead(
     // Per variant: CPU time used around its counted batches, and how long those took.
     let mut cpu: Vec<(Usage, Duration)> = vec![Default::default(); names.len()];
     let per_round = (n / rounds.max(1)).max(1);
+    let mut order = Random::new(n as u64 ^ c as u64);
     for round in 0..=rounds {
         // Round 0 warms every variant up and is not counted.
         let size = if round == 0 { WARMUP } else { per_round };
-        for (v, out) in samples.iter_mut().enumerate() {
+        // Each round runs the variants in another order, so that none always follows the
+        // same one (what a batch leaves behind, such as the API server's garbage, is paid
+        // for during the next).
+        for v in order.shuffled(names.len()) {
+            let out = &mut samples[v];
             let issues: Vec<String> = (0..size)
                 .map(|i| format!("{run}/ov{v}/{round}/{i}"))
                 .collect();
@@ -261,6 +277,7 @@ pub async fn overhead(
                 0 => batch(&plain, &issues, c).await?,
                 1 => batch(&labelled, &issues, c).await?,
                 2 => batch(&owned, &issues, c).await?,
+                3 => batch(&same, &issues, c).await?,
                 _ => batch(&ours, &issues, c).await?,
             };
             tokio::time::sleep(SETTLE).await;

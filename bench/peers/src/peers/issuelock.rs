@@ -8,6 +8,13 @@ pub struct Issuelock {
     locks: LockClient,
 }
 
+impl Issuelock {
+    /// The library's client, for a raw peer that sends what it sends.
+    pub fn client(&self) -> &LockClient {
+        &self.locks
+    }
+}
+
 impl LockPeer for Issuelock {
     type Held = LockGuard;
 

@@ -51,6 +51,24 @@ impl Raw {
         raw.shape = Shape::Library { owner };
         Ok(raw)
     }
+
+    /// A raw client whose objects are those `locks` would make, byte for byte but the
+    /// name's prefix and the nonce's value: its holder (user included) and an
+    /// ownerReference to its heartbeat Lease, which the library keeps renewing.
+    pub async fn like(ctx: &Ctx, locks: &issuelock::LockClient) -> anyhow::Result<Self> {
+        let holder = locks.holder().clone();
+        let leases: Api<Lease> = Api::namespaced(kube_client().await?, &ctx.namespace);
+        let lease = leases.get(&holder.lease).await?;
+        let owner = issuelock::crd::lease_owner(
+            &holder.lease,
+            lease.metadata.uid.as_deref().unwrap_or_default(),
+        );
+        Ok(Self {
+            api: Api::namespaced(kube_client().await?, &ctx.namespace),
+            holder,
+            shape: Shape::Library { owner: Some(owner) },
+        })
+    }
 }
 
 /// A lock this peer created: its name and uid.
