@@ -17,6 +17,9 @@ struct Table {
     acquiring: HashSet<String>,
     /// uids of the locks whose `release` is in flight.
     releasing: HashSet<String>,
+    /// (nonce, uid) of locks an acquire call in flight created, deleted before its guard
+    /// was registered (the watch's Delete can overtake the create's answer).
+    deleted_while_acquiring: HashSet<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -49,12 +52,32 @@ impl HeldLocks {
     }
 
     pub(super) fn acquire_ended(&self, nonce: &str) {
-        self.table().acquiring.remove(nonce);
+        let mut table = self.table();
+        table.acquiring.remove(nonce);
+        table.deleted_while_acquiring.retain(|(n, _)| n != nonce);
     }
 
-    /// A guard now holds lock `name`.
-    pub(super) fn hold(&self, name: String, lock: HeldLock) {
-        self.table().guards.insert(name, lock);
+    /// A guard now holds lock `name`, made by the acquire call with `nonce`. It has lost
+    /// it already when our watch saw that object deleted before this. A guard of this
+    /// client that held an earlier object of the name has lost it: that object is gone,
+    /// or this one could not have been made (its Delete may not have reached our watch
+    /// yet).
+    pub(super) fn hold(&self, name: String, lock: HeldLock, nonce: Option<&str>) {
+        let uid = lock.uid.clone();
+        let mut table = self.table();
+        if nonce.is_some_and(|n| {
+            table
+                .deleted_while_acquiring
+                .contains(&(n.to_owned(), uid.clone()))
+        }) {
+            tracing::warn!(issue = %lock.issue, lock = %name, %uid, "lock deleted by someone else before it was handed out");
+            lock.lost.cancel();
+        }
+        let previous = table.guards.insert(name.clone(), lock);
+        if let Some(h) = previous.filter(|h| h.uid != uid) {
+            tracing::warn!(issue = %h.issue, lock = %name, uid = %h.uid, "lock deleted by someone else: this client holds a newer one of the name");
+            h.lost.cancel();
+        }
     }
 
     /// The guard of `name` with `uid` starts its release: from now on its own delete is
@@ -110,10 +133,18 @@ impl HeldLocks {
             || acquire_nonce(&lock.metadata).is_some_and(|n| table.acquiring.contains(n))
     }
 
-    /// The lock object `uid` of `name` was deleted: its guard, if alive, has lost it. A
-    /// late Delete of a previous lock of the same name leaves a newer guard alone.
-    pub(super) fn lost_if_deleted(&self, name: &str, uid: &str) {
+    /// The lock object `lock` was deleted: its guard, if alive, has lost it; if an
+    /// acquire call in flight made it, the guard it is about to hand out. A late Delete of
+    /// a previous lock of the same name leaves a newer guard alone.
+    pub(super) fn lost_if_deleted(&self, lock: &ObjectMeta) {
+        let name = lock.name.as_deref().unwrap_or_default();
+        let uid = lock.uid.as_deref().unwrap_or_default();
         self.lost_if(name, |h| h.uid == uid, "lock deleted by someone else");
+        let mut table = self.table();
+        if let Some(nonce) = acquire_nonce(lock).filter(|n| table.acquiring.contains(*n)) {
+            let entry = (nonce.to_owned(), uid.to_owned());
+            table.deleted_while_acquiring.insert(entry);
+        }
     }
 
     /// `lock` is what the API server holds under its name at its resourceVersion: a
@@ -167,6 +198,15 @@ mod tests {
     use super::*;
 
     fn guarded(held: &HeldLocks, uid: &str, token: u64) -> CancellationToken {
+        guarded_by(held, uid, token, None)
+    }
+
+    fn guarded_by(
+        held: &HeldLocks,
+        uid: &str,
+        token: u64,
+        nonce: Option<&str>,
+    ) -> CancellationToken {
         let lost = CancellationToken::new();
         held.hold(
             "l".into(),
@@ -176,8 +216,23 @@ mod tests {
                 issue: IssueKey::parse("i").unwrap(),
                 lost: lost.clone(),
             },
+            nonce,
         );
         lost
+    }
+
+    /// The metadata of object `uid` named "l", made by the acquire call `nonce`.
+    fn made_by(uid: &str, nonce: &str) -> ObjectMeta {
+        let mut meta = object(uid).metadata;
+        meta.annotations = Some(std::collections::BTreeMap::from([(
+            ACQUIRE_NONCE_ANNOTATION.to_owned(),
+            nonce.to_owned(),
+        )]));
+        meta
+    }
+
+    fn deleted(uid: &str) -> ObjectMeta {
+        object(uid).metadata
     }
 
     fn object(uid: &str) -> IssueLock {
@@ -194,11 +249,51 @@ mod tests {
     fn a_late_delete_of_the_previous_lock_leaves_a_reacquired_guard_alone() {
         let held = HeldLocks::default();
         let lost = guarded(&held, "new", 50);
-        held.lost_if_deleted("l", "old");
+        held.lost_if_deleted(&deleted("old"));
         held.lost_if_replaced(&object_meta("old", "40"));
         assert!(!lost.is_cancelled());
-        held.lost_if_deleted("l", "new");
+        held.lost_if_deleted(&deleted("new"));
         assert!(lost.is_cancelled());
+    }
+
+    #[test]
+    fn a_new_guard_of_the_name_means_the_earlier_one_lost_its_lock() {
+        let held = HeldLocks::default();
+        let first = guarded(&held, "first", 50);
+        let second = guarded(&held, "second", 60);
+        assert!(
+            first.is_cancelled(),
+            "its object is gone: the name has a newer one"
+        );
+        assert!(!second.is_cancelled());
+        assert!(!held.release_started("l", "first"), "no longer held");
+        held.lost_if_deleted(&deleted("first"));
+        assert!(
+            !second.is_cancelled(),
+            "the late Delete of the first is not the second's"
+        );
+        assert!(held.holds("second"));
+    }
+
+    #[test]
+    fn a_delete_seen_before_the_guard_is_handed_out_loses_it() {
+        let held = HeldLocks::default();
+        held.acquire_started("n1");
+        held.lost_if_deleted(&made_by("u1", "n1"));
+        held.lost_if_deleted(&made_by("u0", "other call"));
+        assert!(guarded_by(&held, "u1", 50, Some("n1")).is_cancelled());
+        held.acquire_ended("n1");
+        held.acquire_started("n2");
+        assert!(
+            !guarded_by(&held, "u2", 60, Some("n2")).is_cancelled(),
+            "another object"
+        );
+        held.acquire_ended("n2");
+        held.lost_if_deleted(&made_by("u3", "n3"));
+        assert!(
+            !guarded_by(&held, "u3", 70, Some("n3")).is_cancelled(),
+            "no call in flight made it: not remembered"
+        );
     }
 
     #[test]

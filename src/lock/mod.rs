@@ -775,6 +775,7 @@ impl Inner {
                 issue: issue.clone(),
                 lost: lost.clone(),
             },
+            acquire_nonce(&lock.metadata),
         );
         Ok(LockGuard {
             inner: self.clone(),

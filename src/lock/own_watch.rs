@@ -69,10 +69,7 @@ pub(super) async fn watch_own_locks(inner: Weak<Inner>, stop: CancellationToken)
                 inner.held.lost_if_replaced(&lock.metadata);
                 inner.cleanup.landed(&lock.metadata);
             }
-            Some(Ok(watcher::Event::Delete(lock))) => {
-                let (name, uid) = identity(&lock.metadata);
-                inner.held.lost_if_deleted(&name, &uid);
-            }
+            Some(Ok(watcher::Event::Delete(lock))) => inner.held.lost_if_deleted(&lock.metadata),
         }
     }
 }
