@@ -24,6 +24,14 @@ const REPORT_MARGIN: Duration = Duration::from_secs(1);
 /// How long `run` reads reports still on their way before it concludes that the
 /// supervisor is unresponsive.
 const SETTLE_LIMIT: Duration = Duration::from_millis(200);
+/// The shortest `run` waits past the grace period for the supervisor's report.
+const MIN_MARGIN: Duration = Duration::from_millis(50);
+/// What the slack between lease duration and renew deadline must leave beyond the grace
+/// period: `run`'s shortest wait for the supervisor's report past it, twice (the margin
+/// is half of what is left), and its last read of reports before it kills the tree itself.
+const STOP_RESERVE: Duration = SETTLE_LIMIT
+    .saturating_add(MIN_MARGIN)
+    .saturating_add(MIN_MARGIN);
 
 /// The arguments of `run`.
 #[derive(Args, Debug)]
@@ -91,39 +99,34 @@ impl HoldArgs {
             *renew_interval_seconds,
         )?;
         let max_hold = self.max_hold_seconds.map(Duration::from_secs);
-        let grace = grace_period(self.grace_seconds, &timing, max_hold)?;
-        Ok((Held::new(&timing, grace), max_hold))
+        let grace = grace_period(self.grace_seconds, &timing)?;
+        Ok((Held::new(&timing, grace, max_hold)?, max_hold))
     }
 }
 
 /// The grace period of `run`: the one given, or half the slack between lease duration
-/// and renew deadline (at most [`DEFAULT_GRACE`]). It must end within that slack, so that
-/// a holder whose heartbeat fails has killed its tree before others may take the lock,
-/// and within the max hold time.
+/// and renew deadline (at most [`DEFAULT_GRACE`]). With [`STOP_RESERVE`] it must fit in
+/// that slack, so that a holder whose heartbeat fails has killed its tree before others
+/// may take the lock, even when its supervisor is paused.
 pub(super) fn grace_period(
     given: Option<f64>,
     timing: &HeartbeatConfig,
-    max_hold: Option<Duration>,
 ) -> Result<Duration, Error> {
     let slack = timing.lease_duration.saturating_sub(timing.renew_deadline);
     let grace = match given {
-        None => (slack / 2).min(DEFAULT_GRACE),
+        None => (slack / 2)
+            .min(DEFAULT_GRACE)
+            .min(slack.saturating_sub(STOP_RESERVE)),
         Some(s) => Duration::try_from_secs_f64(s).map_err(|_| {
             Error::Config("grace period must be a non-negative number of seconds".into())
         })?,
     };
-    if grace >= slack {
+    if grace.saturating_add(STOP_RESERVE) > slack {
         return Err(Error::Config(format!(
             "grace period ({grace:?}) must be shorter than the lease duration minus the renew \
-             deadline ({slack:?}): a holder whose heartbeat fails must have killed its command \
-             before others may take the lock"
-        )));
-    }
-    if let Some(max_hold) = max_hold
-        && grace >= max_hold
-    {
-        return Err(Error::Config(format!(
-            "grace period ({grace:?}) must be shorter than the max hold time ({max_hold:?})"
+             deadline ({slack:?}) by at least {STOP_RESERVE:?}: a holder whose heartbeat fails \
+             must have killed its command, even past a paused supervisor, before others may \
+             take the lock"
         )));
     }
     Ok(grace)
@@ -141,19 +144,48 @@ pub(super) struct Held {
 }
 
 impl Held {
-    /// With `timing` and the grace period `grace` (from [`grace_period`]).
-    pub(super) fn new(timing: &HeartbeatConfig, grace: Duration) -> Self {
+    /// With `timing`, the grace period `grace` (from [`grace_period`]) and the max hold
+    /// time, which must leave time to run the command before the tree's stop begins.
+    pub(super) fn new(
+        timing: &HeartbeatConfig,
+        grace: Duration,
+        max_hold: Option<Duration>,
+    ) -> Result<Self, Error> {
         let slack = timing.lease_duration.saturating_sub(timing.renew_deadline);
-        Held {
+        let held = Held {
             grace,
-            // Within the slack, so that even a tree `run` kills itself is gone before
-            // others may take the lock.
-            margin: (slack.saturating_sub(grace) / 2)
-                .clamp(Duration::from_millis(50), REPORT_MARGIN),
+            // Within the slack with the grace period and the settle time, so that even a
+            // tree `run` kills itself is gone before others may take the lock.
+            margin: (slack.saturating_sub(grace).saturating_sub(SETTLE_LIMIT) / 2)
+                .clamp(MIN_MARGIN, REPORT_MARGIN),
             trust_period: TRUST_PERIOD
                 .min(timing.renew_interval / 4)
                 .max(Duration::from_millis(10)),
+        };
+        if let Some(max_hold) = max_hold
+            && held.max_hold_stop() >= max_hold
+        {
+            return Err(Error::Config(format!(
+                "grace period ({grace:?}) plus {SETTLE_LIMIT:?} must be shorter than the max \
+                 hold time ({max_hold:?})"
+            )));
         }
+        Ok(held)
+    }
+
+    /// The longest the command's tree may outlive the trust `run` last granted: the
+    /// supervisor's grace period, then `run`'s wait for its report and its last read of
+    /// reports before it kills the tree itself. Fits in the lease's slack.
+    #[cfg(test)]
+    fn overrun(&self) -> Duration {
+        self.grace + self.margin + SETTLE_LIMIT
+    }
+
+    /// How long before the max hold time ends the tree's stop begins: the grace period,
+    /// and the time `run` reads reports before it kills a paused supervisor's tree itself,
+    /// which it does when the max hold time ends at the latest.
+    fn max_hold_stop(&self) -> Duration {
+        self.grace + SETTLE_LIMIT
     }
 }
 
@@ -214,7 +246,7 @@ pub(super) async fn run_held(
         let _ = guard.release().await;
         return signal_status(sig);
     }
-    if guard.is_lost() || trust_left(&guard, held.grace).is_zero() {
+    if guard.is_lost() || trust_left(&guard, held).is_zero() {
         eprintln!(
             "issuelock: the lock on {} was lost before the command started; the command did not run",
             guard.issue()
@@ -294,9 +326,14 @@ async fn hold(
     let start = later(tokio::time::Instant::now(), held.trust_period);
     let mut tick = tokio::time::interval_at(start, held.trust_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Past the max hold time, the tree must be gone even when the supervisor is paused.
+    let last_report = guard
+        .max_hold_deadline()
+        .map(|end| end.checked_sub(SETTLE_LIMIT).unwrap_or(end));
     loop {
         let must_end = stop_sent.map_or(granted, |sent: tokio::time::Instant| sent.min(granted));
         let must_report = later(later(must_end, held.grace), held.margin);
+        let must_report = last_report.map_or(must_report, |last| must_report.min(last));
         tokio::select! {
             // Reports first: one already received is never mistaken for silence.
             biased;
@@ -347,7 +384,7 @@ async fn grant(
     supervisor: &mut Supervisor,
     held: Held,
 ) -> std::io::Result<tokio::time::Instant> {
-    let left = trust_left(guard, held.grace);
+    let left = trust_left(guard, held);
     let until = later(tokio::time::Instant::now(), left);
     supervisor
         .order(Order::TrustUntil(crate::supervise::monotonic_now() + left))
@@ -427,15 +464,18 @@ fn later(at: tokio::time::Instant, by: Duration) -> tokio::time::Instant {
 }
 
 /// How much longer the command may run under `guard`: until the heartbeat's renew
-/// deadline, and until a grace period before the max hold time ends (so that the tree is
-/// gone when it ends).
-fn trust_left(guard: &LockGuard, grace: Duration) -> Duration {
-    let until = guard.trusted_until();
-    let until = match guard.max_hold_deadline() {
-        Some(end) => until.min(end.checked_sub(grace).unwrap_or(end)),
-        None => until,
-    };
-    until.saturating_duration_since(tokio::time::Instant::now())
+/// deadline, and until [`Held::max_hold_stop`] before the max hold time ends (so that the
+/// tree is gone when it ends, even past a paused supervisor).
+fn trust_left(guard: &LockGuard, held: Held) -> Duration {
+    let now = tokio::time::Instant::now();
+    let left = guard.trusted_until().saturating_duration_since(now);
+    match guard.max_hold_deadline() {
+        Some(end) => left.min(
+            end.saturating_duration_since(now)
+                .saturating_sub(held.max_hold_stop()),
+        ),
+        None => left,
+    }
 }
 
 /// Releases the lock and tells `run`'s exit code: 76 when the lock was lost or no longer
@@ -477,6 +517,11 @@ async fn conclude(
         Ending::NotStarted(Order::Signal(sig)) => {
             eprintln!(
                 "issuelock: received {sig} before the command started; the command did not run"
+            )
+        }
+        Ending::NotStarted(Order::TrustUntil(_)) => {
+            eprintln!(
+                "issuelock: the lock on {issue:?} was no longer trusted when the command was to start; the command did not run"
             )
         }
         Ending::NotStarted(order) => {
@@ -618,46 +663,94 @@ mod tests {
 
     #[test]
     fn the_grace_period_ends_before_others_may_take_the_lock() {
-        // Default: half the slack, at most 3 s.
+        // Default: half the slack, at most 3 s, leaving the stop reserve.
         assert_eq!(
-            grace_period(None, &timing(15, 10), None).unwrap(),
+            grace_period(None, &timing(15, 10)).unwrap(),
             Duration::from_millis(2500)
         );
         assert_eq!(
-            grace_period(None, &timing(60, 10), None).unwrap(),
+            grace_period(None, &timing(60, 10)).unwrap(),
             Duration::from_secs(3)
         );
         assert_eq!(
-            grace_period(None, &timing(6, 4), None).unwrap(),
+            grace_period(None, &timing(6, 4)).unwrap(),
             Duration::from_secs(1)
         );
         assert_eq!(
-            grace_period(Some(4.5), &timing(15, 10), None).unwrap(),
+            grace_period(Some(4.5), &timing(15, 10)).unwrap(),
             Duration::from_millis(4500)
         );
         assert_eq!(
-            grace_period(Some(0.0), &timing(15, 10), None).unwrap(),
+            grace_period(Some(4.7), &timing(15, 10)).unwrap(),
+            Duration::from_millis(4700)
+        );
+        assert_eq!(
+            grace_period(Some(0.0), &timing(15, 10)).unwrap(),
             Duration::ZERO
         );
-        for (given, max_hold, message) in [
+        for (given, message) in [
             (
                 5.0,
-                None,
-                "must be shorter than the lease duration minus the renew deadline (5s)",
+                "must be shorter than the lease duration minus the renew deadline (5s) by at least 300ms",
             ),
-            (-1.0, None, "non-negative"),
-            (f64::NAN, None, "non-negative"),
-            (2.0, Some(2), "must be shorter than the max hold time (2s)"),
+            (4.71, "by at least 300ms"),
+            (-1.0, "non-negative"),
+            (f64::NAN, "non-negative"),
         ] {
-            let err = grace_period(
-                Some(given),
-                &timing(15, 10),
-                max_hold.map(Duration::from_secs),
-            )
-            .unwrap_err()
-            .to_string();
+            let err = grace_period(Some(given), &timing(15, 10))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(message), "{given}: {err}");
         }
+    }
+
+    /// A paused supervisor: `run` kills the tree itself at most `overrun` after the trust
+    /// it last granted, which must fit in the slack (heartbeat), and when the max hold time
+    /// ends at the latest (the trust ends `max_hold_stop` before it).
+    #[test]
+    fn a_tree_run_kills_itself_is_gone_before_others_may_take_the_lock() {
+        for (lease, deadline) in [(15, 10), (6, 4), (60, 10), (2, 1), (11, 10)] {
+            let timing = timing(lease, deadline);
+            let slack = timing.lease_duration - timing.renew_deadline;
+            let mut graces = vec![grace_period(None, &timing).unwrap(), Duration::ZERO];
+            graces.push(slack - STOP_RESERVE);
+            for grace in graces {
+                let held = Held::new(&timing, grace, None).unwrap();
+                assert!(held.margin >= MIN_MARGIN && held.margin <= REPORT_MARGIN);
+                assert!(
+                    held.overrun() <= slack,
+                    "lease {lease}, deadline {deadline}, grace {grace:?}: {held:?}"
+                );
+            }
+        }
+        let timing = timing(6, 4);
+        let held = Held::new(
+            &timing,
+            Duration::from_secs(1),
+            Some(Duration::from_secs(2)),
+        );
+        let held = held.unwrap();
+        assert_eq!(held.overrun(), Duration::from_millis(1600));
+        assert_eq!(held.max_hold_stop(), Duration::from_millis(1200));
+        let err = Held::new(
+            &timing,
+            Duration::from_secs(1),
+            Some(Duration::from_millis(1200)),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("must be shorter than the max hold time"),
+            "{err}"
+        );
+        assert!(
+            Held::new(
+                &timing,
+                Duration::from_secs(2),
+                Some(Duration::from_secs(2))
+            )
+            .is_err()
+        );
     }
 
     #[test]

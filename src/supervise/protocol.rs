@@ -13,8 +13,9 @@
 //! supervisor → `run` ([`Report`]):
 //! * `started <pid>`: the command runs with this pid (and process group).
 //! * `cannot-start not-found|other <message>`: the command could not be executed.
-//! * `not-started signal <number>` or `not-started stop`: the first order was this one,
-//!   not `trust`, so the command was not started. The supervisor exits right after.
+//! * `not-started <order>`: the first order was this one (`signal <number>`, `stop`, or a
+//!   `trust` that had passed when it was read), so the command was not started. The
+//!   supervisor exits right after.
 //! * `stopping lock-lost|trust-expired`: the supervisor is stopping the tree, and why.
 //! * `finished exit <code>` or `finished signal <number>`: the command ended so, and no
 //!   process of its tree is left. The supervisor exits right after.
@@ -166,10 +167,7 @@ impl FromStr for Report {
                     error: error.to_owned(),
                 })
             }
-            "not-started" => match rest.parse() {
-                Ok(order @ (Order::Signal(_) | Order::Stop)) => Ok(Report::NotStarted(order)),
-                _ => Err(bad()),
-            },
+            "not-started" => rest.parse().map(Report::NotStarted).map_err(|_| bad()),
             "stopping" => match rest {
                 "lock-lost" => Ok(Report::Stopping(StopCause::LockLost)),
                 "trust-expired" => Ok(Report::Stopping(StopCause::TrustExpired)),
@@ -260,6 +258,7 @@ mod tests {
             },
             Report::NotStarted(Order::Signal(Signal::SIGTERM)),
             Report::NotStarted(Order::Stop),
+            Report::NotStarted(Order::TrustUntil(Duration::from_millis(12_345))),
             Report::Stopping(StopCause::LockLost),
             Report::Stopping(StopCause::TrustExpired),
             Report::Finished(CommandStatus::Exited(0)),
@@ -297,7 +296,7 @@ mod tests {
             "finished core 1",
             "cannot-start maybe oops",
             "not-started",
-            "not-started trust 5",
+            "not-started trust x",
             "not-started signal 0",
             "hello world",
         ] {

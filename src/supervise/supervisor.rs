@@ -102,9 +102,10 @@ impl Supervision {
         let (read, mut reports) = stream.into_split();
         let mut orders = BufReader::new(read).lines();
         let trusted_until = match next_order(&mut orders).await {
-            Some(Order::TrustUntil(until)) => local_instant(until),
-            // `run` got a signal or lost the lock before the command started: say so,
-            // rather than leave `run` guessing why the supervisor is gone.
+            Some(Order::TrustUntil(until)) if until > monotonic_now() => local_instant(until),
+            // `run` got a signal or lost the lock before the command started, or the trust
+            // had passed when it was read (`run` or this process paused): say so, rather
+            // than leave `run` guessing why the supervisor is gone.
             Some(order) => {
                 send(&mut reports, &Report::NotStarted(order)).await?;
                 return Ok(None);
