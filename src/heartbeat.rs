@@ -144,13 +144,25 @@ pub fn pod_owner(pod: Option<&HolderPod>, namespace: &str) -> Option<OwnerRefere
     })
 }
 
-/// True when `lease` may be the heartbeat of `holder`: wherever both record a creator —
+/// True when `lease` may be the heartbeat of `holder`: it is a heartbeat Lease (labelled
+/// `issuelock.dev/heartbeat=true`, as the protocol requires; a lock must not ride on a
+/// Lease that something else renews, such as another program's leader election), and
+/// wherever both record a creator —
 /// the Lease in its annotations `issuelock.dev/holder-user` / `issuelock.dev/holder-pod-uid`,
 /// the lock in `spec.holder.user` / `spec.holder.pod.uid` — they agree. A lock naming
 /// another holder's Lease, to ride on a live heartbeat that is not its own, fails this:
 /// the admission policy makes it record its own creator, which differs. A side that
 /// records nothing is taken at its word (a client outside the policy, a pod it cannot name).
 pub fn is_heartbeat_of(lease: &Lease, holder: &Holder) -> bool {
+    let labelled = lease
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(HEARTBEAT_LABEL))
+        .is_some_and(|v| v == "true");
+    if !labelled {
+        return false;
+    }
     let recorded = |key: &str| {
         lease
             .metadata
@@ -648,5 +660,14 @@ mod tests {
         let mut unannotated = lease;
         unannotated.metadata.annotations = None;
         assert!(is_heartbeat_of(&unannotated, &holder(None)));
+        let mut unlabelled = unannotated;
+        unlabelled.metadata.labels = None;
+        assert!(
+            !is_heartbeat_of(&unlabelled, &holder(None)),
+            "another program's Lease, renewed by it"
+        );
+        unlabelled.metadata.labels =
+            Some(BTreeMap::from([(HEARTBEAT_LABEL.into(), "false".into())]));
+        assert!(!is_heartbeat_of(&unlabelled, &holder(None)));
     }
 }

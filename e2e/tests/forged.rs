@@ -112,3 +112,42 @@ async fn a_lock_in_anothers_name_naming_our_lease_is_held_not_ours() {
     );
     victim.shutdown().await.unwrap();
 }
+
+/// A lock naming a Lease that is not a heartbeat (no `issuelock.dev/heartbeat` label),
+/// which another program keeps renewing (its leader election, say): were it believed,
+/// the lock would outlive its dead creator for as long as that program runs.
+#[tokio::test]
+async fn a_lock_riding_on_a_lease_that_is_no_heartbeat_is_reclaimed() {
+    let client = client().await;
+    let ns = namespace(&client, "forged-election").await;
+    let _controller = ControllerProcess::start(&ns);
+    let create = |json: &str| {
+        let out = kubectl_stdin(&["create", "-n", &ns, "-f", "-"], json);
+        assert!(out.status.success(), "{}", text(&out).1);
+    };
+    create(
+        r#"{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "some-app-leader"},
+            "spec": {"holderIdentity": "some-app-0", "leaseDurationSeconds": 3600}}"#,
+    );
+    let issue = "org/repo#forged-election";
+    let name = issuelock::IssueKey::parse(issue).unwrap().lock_name();
+    let lock = format!(
+        r#"{{"apiVersion": "issuelock.dev/v1alpha1", "kind": "IssueLock",
+            "metadata": {{"name": "{name}", "labels": {{"issuelock.dev/holder-lease": "some-app-leader"}}}},
+            "spec": {{"issue": "{issue}", "holder": {{"identity": "gone", "lease": "some-app-leader"}}}}}}"#
+    );
+    let created = Instant::now();
+    create(&lock);
+    let gone = wait_gone(&client, &ns, issue, Duration::from_secs(10)).await;
+    println!(
+        "a lock naming another program's Lease reclaimed after {:.3}s",
+        gone.duration_since(created).as_secs_f64()
+    );
+    wait_event(&client, &ns, "HolderLeaseForeign").await;
+    assert!(
+        kubectl_ok(&["get", "lease", "some-app-leader", "-n", &ns, "-o", "name"])
+            .contains("some-app-leader"),
+        "the other program's Lease is left alone"
+    );
+}
