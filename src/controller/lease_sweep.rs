@@ -26,6 +26,10 @@ pub(super) async fn sweep_orphaned_leases(ctx: Arc<Context>) {
         }
         let now = Instant::now();
         for lease in ctx.leases.state() {
+            // Leadership may lapse during the sweep (each delete may take CALL_TIMEOUT).
+            if !ctx.leadership.is_leading() {
+                break;
+            }
             let key = lease_key(&lease);
             let Some(seen) = ctx.observations.get(&key) else {
                 continue;

@@ -8,7 +8,7 @@ use super::staleness::{Facts, LeaseFacts, PodFacts, Reason, SignatureFacts, Verd
 use super::status::{AliveStatus, alive_status};
 use super::{CALL_TIMEOUT, Context, FIELD_MANAGER, backoff};
 use crate::crd::IssueLock;
-use crate::error::{Deleted, Error, classify, delete_exact, is_not_found, within};
+use crate::error::{Deleted, Error, classify, delete_exact, is_conflict, is_not_found, within};
 use crate::heartbeat::lease_duration;
 use crate::signature::Verification;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -277,6 +277,11 @@ async fn reclaim(
     reason: Reason,
     ctx: &Context,
 ) -> Result<(), ReconcileError> {
+    // The reads behind the verdict may have outlasted our leadership: a standby may
+    // lead by now.
+    if !ctx.leadership.is_leading() {
+        return Ok(());
+    }
     let api: Api<IssueLock> = Api::namespaced(ctx.client.clone(), ns);
     let step = "delete stale lock";
     let (name, uid, version) = (lock.name_any(), lock.uid(), lock.resource_version());
@@ -338,9 +343,15 @@ async fn write_alive_status(
     if newly_misnamed {
         report_misnamed(lock, ns, ctx).await;
     }
-    let Some(patch) = patch else {
+    let Some(mut patch) = patch else {
         return Ok(());
     };
+    if !ctx.leadership.is_leading() {
+        return Ok(());
+    }
+    // Onto the object judged only: a lock changed or replaced under its name since (a
+    // release and a new acquire) is judged anew on its own event.
+    patch["metadata"] = serde_json::json!({ "resourceVersion": lock.resource_version() });
     let api: Api<IssueLock> = Api::namespaced(ctx.client.clone(), ns);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let step = "write lock status";
@@ -350,7 +361,7 @@ async fn write_alive_status(
         .map_err(|e| ReconcileError::new(step, e))?
     {
         Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(()),
         Err(e) => Err(ReconcileError::new(step, classify(step, ns, e))),
     }
 }
