@@ -273,8 +273,8 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
 /// reason and transition time ([`status`](super::status) compares those; it writes
 /// messages from what it knows, never from what it read). The labels, the acquire nonce
 /// annotation and the ownerReference are the holder's business (its own watch, the
-/// adoption after an unknown outcome, the cluster's garbage collector). A lock is read
-/// whole from the API server before it is deleted.
+/// adoption after an unknown outcome, the cluster's garbage collector). A lock is deleted
+/// with its uid and resourceVersion as preconditions: exactly the version judged.
 fn trim_lock(lock: &mut IssueLock) {
     trim_metadata(&mut lock.metadata);
     if let Some(status) = &mut lock.status {
