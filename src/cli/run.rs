@@ -346,7 +346,11 @@ async fn hold(
                 } else {
                     StopCause::TrustExpired
                 });
-                let why = format!("no report {:?} after the tree had to be stopped ({cause})", held.grace + held.margin);
+                let waited = must_report.saturating_duration_since(must_end);
+                let why = format!(
+                    "no report {:.1}s after the tree had to be stopped ({cause})",
+                    waited.as_secs_f64()
+                );
                 return settle(guard, supervisor, stopped, &why).await;
             }
             _ = guard.lost(), if stopped.is_none() => {
