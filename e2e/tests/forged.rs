@@ -53,6 +53,22 @@ fn forge(ns: &str, issue: &str, victim: &LockClient, forger: &str, kubeconfig: &
     assert!(out.status.success(), "{}", text(&out).1);
 }
 
+/// Waits until the lock on `issue` (`what`, made at `made`) is gone within `limit`, and
+/// for the controller's `HolderLeaseForeign` Event.
+async fn reclaimed_as_foreign(
+    client: &kube::Client,
+    ns: &str,
+    issue: &str,
+    made: Instant,
+    limit: Duration,
+    what: &str,
+) {
+    let gone = wait_gone(client, ns, issue, limit).await;
+    let after = gone.duration_since(made).as_secs_f64();
+    println!("{what} reclaimed after {after:.3}s");
+    wait_event(client, ns, "HolderLeaseForeign").await;
+}
+
 #[tokio::test]
 async fn a_lock_riding_on_another_workers_heartbeat_is_reclaimed() {
     let client = client().await;
@@ -71,12 +87,8 @@ async fn a_lock_riding_on_another_workers_heartbeat_is_reclaimed() {
     let issue = "org/repo#forged-ride";
     let forged_at = Instant::now();
     forge(&ns, issue, &victim, "forger", &kcs[1]);
-    let gone = wait_gone(&client, &ns, issue, Duration::from_secs(5)).await;
-    println!(
-        "a lock borrowing another worker's live heartbeat reclaimed after {:.3}s",
-        gone.duration_since(forged_at).as_secs_f64()
-    );
-    wait_event(&client, &ns, "HolderLeaseForeign").await;
+    let what = "a lock borrowing another worker's live heartbeat";
+    reclaimed_as_foreign(&client, &ns, issue, forged_at, Duration::from_secs(5), what).await;
     assert!(
         victim.is_healthy(),
         "the victim's own heartbeat is untouched"
@@ -139,12 +151,8 @@ async fn a_lock_riding_on_a_lease_that_is_no_heartbeat_is_reclaimed() {
     );
     let created = Instant::now();
     create(&lock);
-    let gone = wait_gone(&client, &ns, issue, Duration::from_secs(10)).await;
-    println!(
-        "a lock naming another program's Lease reclaimed after {:.3}s",
-        gone.duration_since(created).as_secs_f64()
-    );
-    wait_event(&client, &ns, "HolderLeaseForeign").await;
+    let what = "a lock naming another program's Lease";
+    reclaimed_as_foreign(&client, &ns, issue, created, Duration::from_secs(10), what).await;
     assert!(
         kubectl_ok(&["get", "lease", "some-app-leader", "-n", &ns, "-o", "name"])
             .contains("some-app-leader"),
