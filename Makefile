@@ -1,8 +1,10 @@
 # issuelock — `make help` lists the targets.
 SHELL := bash
 .DEFAULT_GOAL := help
-# Cargo builds are cached outside the repository and reused across clones.
-export CARGO_TARGET_DIR ?= $(HOME)/.cache/issuelock/target
+# Cargo builds are cached outside the repository (under $ISSUELOCK_CACHE, as the test
+# binaries and images are) and reused across clones.
+ISSUELOCK_CACHE ?= $(HOME)/.cache/issuelock
+export CARGO_TARGET_DIR ?= $(ISSUELOCK_CACHE)/target
 
 .PHONY: help
 help: ## List the targets.
