@@ -57,14 +57,15 @@ impl Raw {
     /// ownerReference to its heartbeat Lease, which the library keeps renewing.
     pub async fn like(ctx: &Ctx, locks: &issuelock::LockClient) -> anyhow::Result<Self> {
         let holder = locks.holder().clone();
-        let leases: Api<Lease> = Api::namespaced(kube_client().await?, &ctx.namespace);
+        let client = kube_client().await?;
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ctx.namespace);
         let lease = leases.get(&holder.lease).await?;
         let owner = issuelock::crd::lease_owner(
             &holder.lease,
             lease.metadata.uid.as_deref().unwrap_or_default(),
         );
         Ok(Self {
-            api: Api::namespaced(kube_client().await?, &ctx.namespace),
+            api: Api::namespaced(client, &ctx.namespace),
             holder,
             shape: Shape::Library { owner: Some(owner) },
         })
